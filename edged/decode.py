@@ -1,0 +1,129 @@
+"""YOLO head decoders: raw head tensor in, candidate boxes out. Pure, vectorized numpy.
+
+Every decoder returns :class:`~edged.types.Detections` with xyxy boxes in network-input pixels,
+one box per anchor/cell (the best class), score = objectness x class probability, filtered by
+``conf_threshold``. Quantized tensors are thresholded on objectness in the integer domain and
+only the survivors are dequantized.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from edged.types import Detections
+
+Quant = tuple[float, int]  # (scale, zero_point) of a quantized tensor
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    out: np.ndarray = 1.0 / (1.0 + np.exp(-x))
+    return out
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-7), 1 - 1e-7)
+    return math.log(p / (1 - p))
+
+
+def _grid_view(raw: np.ndarray, n_anchors: int) -> tuple[np.ndarray, int, int, int]:
+    """(1, H, W, A*(5+C)) or (H, W, A*(5+C)) -> ((H*W*A, 5+C) view, H, W, C)."""
+    if raw.ndim == 4 and raw.shape[0] == 1:
+        raw = raw[0]
+    if raw.ndim != 3 or raw.shape[2] % n_anchors or raw.shape[2] // n_anchors < 6:
+        raise ValueError(
+            f"head tensor must be (H, W, A*(5+C)) with A={n_anchors}, got {raw.shape}")
+    h, w, ch = raw.shape
+    per = ch // n_anchors
+    return raw.reshape(h * w * n_anchors, per), h, w, per - 5
+
+
+def _objectness_survivors(rows: np.ndarray, conf_threshold: float,
+                          quant: Quant | None) -> np.ndarray:
+    """Indices of rows whose objectness alone can reach ``conf_threshold``."""
+    logit = _logit(conf_threshold)
+    obj = rows[:, 4]
+    if quant is None:
+        return np.flatnonzero(obj >= logit)
+    scale, zp = quant
+    q_min = math.ceil(zp + logit / scale)
+    return np.flatnonzero(obj.astype(np.int32) >= q_min)
+
+
+def _dequant(rows: np.ndarray, quant: Quant | None) -> np.ndarray:
+    if quant is None:
+        return rows.astype(np.float32, copy=False)
+    scale, zp = quant
+    out: np.ndarray = (rows.astype(np.float32) - np.float32(zp)) * np.float32(scale)
+    return out
+
+
+def decode_yolo(raw: np.ndarray, anchors_px: np.ndarray, input_wh: tuple[int, int],
+                conf_threshold: float, scale_x_y: float = 1.0,
+                quant: Quant | None = None) -> Detections:
+    """Decode one darknet ``[yolo]`` head (v3-tiny, v4-tiny).
+
+    raw: (1, H, W, A*(5+C)) logits, float32 or int8/uint8 with ``quant``;
+    anchors_px: (A, 2) anchor (w, h) in network-input pixels for this head's mask.
+    x = (col + sigmoid(tx)*s - (s-1)/2) / W, w = exp(tw) * anchor_w, score = sig(obj)*sig(cls).
+    """
+    anchors_px = np.asarray(anchors_px, np.float32).reshape(-1, 2)
+    n_a = anchors_px.shape[0]
+    rows, h, w, _nc = _grid_view(raw, n_a)
+    idx = _objectness_survivors(rows, conf_threshold, quant)
+    if idx.size == 0:
+        return Detections.empty()
+    v = _dequant(rows[idx], quant)
+    cls_logit = v[:, 5:]
+    best = np.argmax(cls_logit, axis=1)
+    score = _sigmoid(v[:, 4]) * _sigmoid(cls_logit[np.arange(idx.size), best])
+    keep = score >= conf_threshold
+    if not keep.any():
+        return Detections.empty()
+    v, idx, best, score = v[keep], idx[keep], best[keep], score[keep]
+    cell, a = np.divmod(idx, n_a)
+    row, col = np.divmod(cell, w)
+    net_w, net_h = input_wh
+    half = (scale_x_y - 1.0) / 2.0
+    cx = (col + _sigmoid(v[:, 0]) * scale_x_y - half) * (net_w / w)
+    cy = (row + _sigmoid(v[:, 1]) * scale_x_y - half) * (net_h / h)
+    bw = np.exp(np.minimum(v[:, 2], 50.0)) * anchors_px[a, 0]
+    bh = np.exp(np.minimum(v[:, 3], 50.0)) * anchors_px[a, 1]
+    boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1)
+    return Detections(boxes.astype(np.float32), score.astype(np.float32), best.astype(np.int32))
+
+
+def decode_region(raw: np.ndarray, anchors_grid: np.ndarray, input_wh: tuple[int, int],
+                  conf_threshold: float, quant: Quant | None = None) -> Detections:
+    """Decode a darknet ``[region]`` head (Tiny YOLOv2).
+
+    raw: (1, H, W, A*(5+C)); anchors_grid: (A, 2) in grid cells.
+    x = (col + sigmoid(tx)) / W, w = exp(tw) * anchor_w / W, score = sig(obj) * softmax(cls).
+    """
+    anchors_grid = np.asarray(anchors_grid, np.float32).reshape(-1, 2)
+    n_a = anchors_grid.shape[0]
+    rows, h, w, _nc = _grid_view(raw, n_a)
+    idx = _objectness_survivors(rows, conf_threshold, quant)
+    if idx.size == 0:
+        return Detections.empty()
+    v = _dequant(rows[idx], quant)
+    logits = v[:, 5:]
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    best = np.argmax(logits, axis=1)
+    prob = e[np.arange(idx.size), best] / e.sum(axis=1)
+    score = _sigmoid(v[:, 4]) * prob
+    keep = score >= conf_threshold
+    if not keep.any():
+        return Detections.empty()
+    v, idx, best, score = v[keep], idx[keep], best[keep], score[keep]
+    cell, a = np.divmod(idx, n_a)
+    row, col = np.divmod(cell, w)
+    net_w, net_h = input_wh
+    sx, sy = net_w / w, net_h / h
+    cx = (col + _sigmoid(v[:, 0])) * sx
+    cy = (row + _sigmoid(v[:, 1])) * sy
+    bw = np.exp(np.minimum(v[:, 2], 50.0)) * anchors_grid[a, 0] * sx
+    bh = np.exp(np.minimum(v[:, 3], 50.0)) * anchors_grid[a, 1] * sy
+    boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1)
+    return Detections(boxes.astype(np.float32), score.astype(np.float32), best.astype(np.int32))

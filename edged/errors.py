@@ -1,0 +1,45 @@
+"""Errors a user can cause, each with the exit code the CLI reports.
+
+Exit codes (documented in the README):
+    0  success
+    1  unrecoverable runtime error (a bug, or the machine failing underneath us)
+    2  usage, configuration or input error: something the user passed can be fixed
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+
+
+class EdgedError(Exception):
+    """Base of every error edged reports to a user as one line."""
+
+    exit_code = EXIT_RUNTIME
+
+
+class UsageError(EdgedError):
+    """Bad command line, bad config, or an input file that cannot be used as given."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(UsageError):
+    """A configuration value is wrong; the message names its key path."""
+
+
+class DarknetError(UsageError):
+    """A darknet cfg or weights file does not describe a network we can export."""
+
+
+class CalibrationError(UsageError):
+    """No usable calibration images for full-integer quantization."""
+
+
+class ModelError(UsageError):
+    """A model file or its sidecar is missing, corrupt, or does not fit together."""
+
+
+class ExportError(EdgedError):
+    """The TFLite converter or Vela failed on a network we accepted."""

@@ -1,0 +1,1 @@
+"""Inference engine: TFLite runtime, model loading and the per-frame detector."""

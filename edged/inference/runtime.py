@@ -1,0 +1,71 @@
+"""TFLite runtime selection: the only module that imports a TFLite runtime.
+
+Order tried by ``auto``: ``ai_edge_litert`` (PyPI, works with numpy 2), ``tflite_runtime`` (what
+NXP BSPs ship), ``tensorflow.lite`` (heavy; present when the export extra is installed).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edged.errors import ModelError, UsageError
+
+logger = logging.getLogger(__name__)
+
+RUNTIMES: dict[str, str] = {
+    "ai_edge_litert": "ai_edge_litert.interpreter",
+    "tflite_runtime": "tflite_runtime.interpreter",
+    "tensorflow": "tensorflow.lite",
+}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    name: str  # key of RUNTIMES
+    interpreter_cls: Any
+    load_delegate: Any
+
+
+def load_runtime(preference: str = "auto") -> Runtime:
+    """Import the first available runtime (or exactly ``preference``)."""
+    names = list(RUNTIMES) if preference == "auto" else [preference]
+    if preference != "auto" and preference not in RUNTIMES:
+        raise UsageError(
+            f"unknown TFLite runtime '{preference}' (choose auto, {', '.join(RUNTIMES)})")
+    errors = []
+    for name in names:
+        try:
+            mod = importlib.import_module(RUNTIMES[name])
+        except ImportError as e:
+            errors.append(f"{name}: {e}")
+            continue
+        if name == "tensorflow":
+            return Runtime(name, mod.Interpreter, mod.experimental.load_delegate)
+        return Runtime(name, mod.Interpreter, mod.load_delegate)
+    raise UsageError(
+        "no TFLite runtime found (" + "; ".join(errors) + "); "
+        "install one: pip install ai-edge-litert (or the BSP's tflite_runtime)"
+    )
+
+
+def make_interpreter(runtime: Runtime, model_path: Path, num_threads: int,
+                     delegates: list[Any] | None = None) -> Any:
+    """Build and allocate an interpreter; a corrupt or missing file is a ``ModelError``."""
+    if num_threads < 1:
+        raise UsageError(f"num_threads must be >= 1, got {num_threads}")
+    if not model_path.is_file():
+        raise ModelError(f"model file not found: {model_path}")
+    try:
+        interp = runtime.interpreter_cls(
+            model_path=str(model_path), num_threads=num_threads,
+            experimental_delegates=delegates or None)
+        interp.allocate_tensors()
+    except (ValueError, RuntimeError) as e:
+        raise ModelError(
+            f"cannot load {model_path} with {runtime.name}: {str(e).splitlines()[0]}"
+        ) from e
+    return interp
