@@ -44,6 +44,8 @@ def _add_export(sub: argparse._SubParsersAction[_Parser]) -> None:
                    help="int8 weight quantization (default per-channel; some NPU flows want "
                         "per-tensor)")
     p.add_argument("--float-only", action="store_true", help="write only the float32 model")
+    p.add_argument("--drop-float", action="store_true",
+                   help="delete the float32 model after the int8 report (what the package ships)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for the report")
     p.set_defaults(func=_cmd_export)
 
@@ -54,8 +56,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     res = export_darknet(ExportRequest(
         cfg=args.cfg, weights=args.weights, names=args.names, out_dir=args.out, name=args.name,
         calib=args.calib, holdout=args.holdout, vela=args.vela, quant=args.quant,
-        float_only=args.float_only, num_threads=args.threads))
-    print(f"float32  {res.float_path}")
+        float_only=args.float_only, drop_float=args.drop_float, num_threads=args.threads))
+    if res.float_path.exists():
+        print(f"float32  {res.float_path}")
     if res.int8_path:
         print(f"int8     {res.int8_path}  ({res.calibration_images} calibration images)")
     if res.vela:

