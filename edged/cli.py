@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edged import __version__
-from edged.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EdgedError
+from edged.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EdgedError, UsageError
 from edged.log import setup_cli_logging
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from edged.inference.detector import DetectParams
+    from edged.inference.engine import Engine
 
 logger = logging.getLogger("edged")
 
@@ -74,12 +82,194 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_engine_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and backend")
+    g.add_argument("--model", type=Path, default=None,
+                   help="model sidecar .yaml (default: the shipped COCO yolov3-tiny)")
+    g.add_argument("--delegate", default="auto",
+                   help="auto | vx | ethosu | cpu | xnnpack | /path/to/delegate.so (default auto)")
+    g.add_argument("--delegate-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="option passed to the delegate (repeatable)")
+    g.add_argument("--require-accelerator", action="store_true",
+                   help="fail (exit 3) instead of falling back to the CPU")
+    g.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    g.add_argument("--runtime", default="auto",
+                   help="auto | ai_edge_litert | tflite_runtime | tensorflow (default auto)")
+    g.add_argument("--cache-dir", type=Path, default=None, help="NPU graph cache directory")
+    g.add_argument("--sysfs-root", type=Path, default=Path("/"),
+                   help=argparse.SUPPRESS)  # tests pretend to be a board with a fake tree
+
+
+def _open_engine(args: argparse.Namespace) -> Engine:
+    from edged.inference.engine import EngineConfig, open_engine
+    from edged.models import DEFAULT_MODEL
+
+    options = {}
+    for item in args.delegate_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--delegate-option expects KEY=VALUE, got {item!r}")
+        options[key] = value
+    engine = open_engine(args.model or DEFAULT_MODEL, EngineConfig(
+        delegate=args.delegate, delegate_options=options,
+        require_accelerator=args.require_accelerator, runtime=args.runtime,
+        num_threads=args.threads, cache_dir=args.cache_dir, sysfs_root=args.sysfs_root))
+    logger.info("model %s on %s (%s, %d threads)%s", engine.model_name, engine.backend,
+                engine.runtime, args.threads,
+                f"; fallback: {engine.fallback_reason}" if engine.fallback_reason else "")
+    return engine
+
+
+def _detect_params(args: argparse.Namespace) -> DetectParams:
+    from edged.inference.detector import DetectParams
+
+    for name in ("conf", "iou"):
+        v = getattr(args, name)
+        if not 0.0 <= v <= 1.0:
+            raise UsageError(f"--{name} must be in [0, 1], got {v}")
+    return DetectParams(conf_threshold=args.conf, iou_threshold=args.iou,
+                        max_detections=args.max_detections)
+
+
+def _add_detect(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("detect", help="detect objects in image and video files",
+                       description="Run the model on images and videos. Prints a summary line "
+                                   "per image/frame, or one JSON object per line with --json.")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    p.add_argument("--json", action="store_true", help="one JSON object per image/frame")
+    p.add_argument("--annotate", type=Path, metavar="DIR",
+                   help="write images (and videos) with boxes drawn into DIR")
+    p.add_argument("--conf", type=float, default=0.25, help="score threshold (default 0.25)")
+    p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
+    p.add_argument("--max-detections", type=int, default=100)
+    _add_engine_options(p)
+    p.set_defaults(func=_cmd_detect)
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
+    from edged.detect_files import FrameResult, run_detect
+    from edged.messages import detection_dicts
+
+    params = _detect_params(args)
+    engine = _open_engine(args)
+    labels = engine.detector.spec.labels
+    failed = 0
+    for res in run_detect(engine.detector, args.paths, params, args.annotate):
+        if not isinstance(res, FrameResult):
+            failed += 1
+            print(f"edged: error: {res.source}: {res.message}", file=sys.stderr)
+            continue
+        dets = detection_dicts(res.detections, labels, res.width, res.height)
+        if args.json:
+            obj: dict[str, object] = {"source": res.source}
+            if res.frame is not None:
+                obj["frame"] = res.frame
+            obj.update(width=res.width, height=res.height, detections=dets)
+            print(json.dumps(obj), flush=True)
+        else:
+            where = res.source + (f"#{res.frame}" if res.frame is not None else "")
+            found = ", ".join(f"{d['label']} {d['score']:.2f}" for d in dets) or "nothing"
+            print(f"{where}: {found}", flush=True)
+    return EXIT_USAGE if failed else EXIT_OK
+
+
+def _add_bench(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("bench", help="measure preprocess, invoke and decode+NMS latency",
+                       description="Latency of each stage on one real 1280x720 frame, and the "
+                                   "vectorized decoder against a per-anchor Python loop.")
+    p.add_argument("--runs", type=int, default=50, help="timed runs per stage (default 50)")
+    p.add_argument("--image", type=Path, help="frame to use (default: the bundled clip)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.add_argument("--conf", type=float, default=0.25)
+    p.add_argument("--iou", type=float, default=0.45)
+    p.add_argument("--max-detections", type=int, default=100)
+    _add_engine_options(p)
+    p.set_defaults(func=_cmd_bench)
+
+
+def _bench_frame(path: Path | None) -> np.ndarray:
+    import cv2
+
+    from edged.media import SAMPLE_CLIP
+
+    if path is not None:
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if img is None:
+            raise UsageError(f"cannot read image {path}")
+        return img
+    cap = cv2.VideoCapture(str(SAMPLE_CLIP))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, 130)  # a frame with a bird in it
+    ok, frame = cap.read()
+    cap.release()
+    if not ok:
+        raise EdgedError(f"cannot read the bundled clip {SAMPLE_CLIP}")
+    return frame
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from edged.bench import run_bench
+
+    if args.runs < 1:
+        raise UsageError(f"--runs must be >= 1, got {args.runs}")
+    params = _detect_params(args)
+    frame = _bench_frame(args.image)
+    engine = _open_engine(args)
+    r = run_bench(engine.detector, frame, args.runs, params, engine.backend, engine.runtime,
+                  args.threads)
+    if args.json:
+        print(json.dumps(r.as_dict()))
+        return EXIT_OK
+    print(f"model {r.model} ({r.model_file}) on {r.backend} via {r.runtime}, "
+          f"{r.threads} threads, frame {r.frame[0]}x{r.frame[1]}, {r.detections} detections")
+    print(f"{'stage':<28}{'runs':>6}{'min ms':>10}{'median ms':>11}{'p90 ms':>10}")
+    for name, t in (("preprocess (letterbox)", r.preprocess), ("invoke", r.invoke),
+                    ("decode+NMS (edged)", r.decode_nms),
+                    ("decode+NMS (per-anchor loop)", r.naive_decode_nms)):
+        print(f"{name:<28}{t.runs:>6}{t.min_ms:>10.3f}{t.median_ms:>11.3f}{t.p90_ms:>10.3f}")
+    print(f"vectorized decode is {r.speedup:.0f}x faster than the loop "
+          f"(same detections: {'yes' if r.naive_agrees else 'NO'})")
+    return EXIT_OK
+
+
+def _add_eval(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("eval", help="COCO-style AP of a model on your annotated images",
+                       description="Evaluate with the model-card protocol (score 0.001, NMS "
+                                   "0.45, top-100, pycocotools).")
+    p.add_argument("--images", type=Path, required=True, help="directory of the images")
+    p.add_argument("--annotations", type=Path, required=True,
+                   help="COCO instances JSON (e.g. instances_val2017.json)")
+    p.add_argument("--json", action="store_true")
+    _add_engine_options(p)
+    p.set_defaults(func=_cmd_eval)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from edged.evaluate import evaluate
+
+    engine = _open_engine(args)
+    r = evaluate(engine.detector, args.images, args.annotations)
+    if args.json:
+        print(json.dumps(r.as_dict()))
+        return EXIT_OK
+    print(f"{r.images} images, model {engine.model_name} on {engine.backend}")
+    print(f"AP {r.ap:.3f}  AP50 {r.ap50:.3f}  AP75 {r.ap75:.3f}  "
+          f"AP_small {r.ap_small:.3f}  AP_medium {r.ap_medium:.3f}  AP_large {r.ap_large:.3f}")
+    for name, ap in sorted(r.per_class.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:<20} AP {ap:.3f}")
+    if r.unmatched_labels:
+        print(f"note: {len(r.unmatched_labels)} model labels match no annotated category")
+    return EXIT_OK
+
+
 def build_parser() -> _Parser:
     parser = _Parser(prog="edged", description="On-device object detection daemon.")
     parser.add_argument("--version", action="version", version=f"edged {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_export(sub)
+    _add_detect(sub)
+    _add_bench(sub)
+    _add_eval(sub)
     return parser
 
 

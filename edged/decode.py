@@ -27,10 +27,14 @@ def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
-def _grid_view(raw: np.ndarray, n_anchors: int) -> tuple[np.ndarray, int, int, int]:
-    """(1, H, W, A*(5+C)) or (H, W, A*(5+C)) -> ((H*W*A, 5+C) view, H, W, C)."""
+def _grid_view(raw: np.ndarray, n_anchors: int,
+               grid: tuple[int, int] | None = None) -> tuple[np.ndarray, int, int, int]:
+    """(1, H, W, A*(5+C)), (H, W, A*(5+C)) or, with ``grid``, the flattened (1, H*W, A*(5+C))
+    -> ((H*W*A, 5+C) view, H, W, C)."""
     if raw.ndim == 4 and raw.shape[0] == 1:
         raw = raw[0]
+    elif grid is not None and raw.ndim == 3 and raw.shape[:2] == (1, grid[0] * grid[1]):
+        raw = raw.reshape(grid[0], grid[1], raw.shape[2])
     if raw.ndim != 3 or raw.shape[2] % n_anchors or raw.shape[2] // n_anchors < 6:
         raise ValueError(
             f"head tensor must be (H, W, A*(5+C)) with A={n_anchors}, got {raw.shape}")
@@ -95,15 +99,17 @@ def decode_yolo(raw: np.ndarray, anchors_px: np.ndarray, input_wh: tuple[int, in
 
 
 def decode_region(raw: np.ndarray, anchors_grid: np.ndarray, input_wh: tuple[int, int],
-                  conf_threshold: float, quant: Quant | None = None) -> Detections:
+                  conf_threshold: float, quant: Quant | None = None,
+                  grid: tuple[int, int] | None = None) -> Detections:
     """Decode a darknet ``[region]`` head (Tiny YOLOv2).
 
-    raw: (1, H, W, A*(5+C)); anchors_grid: (A, 2) in grid cells.
+    raw: (1, H, W, A*(5+C)), or ST's flattened (1, H*W, A*(5+C)) with ``grid=(H, W)``;
+    anchors_grid: (A, 2) in grid cells.
     x = (col + sigmoid(tx)) / W, w = exp(tw) * anchor_w / W, score = sig(obj) * softmax(cls).
     """
     anchors_grid = np.asarray(anchors_grid, np.float32).reshape(-1, 2)
     n_a = anchors_grid.shape[0]
-    rows, h, w, _nc = _grid_view(raw, n_a)
+    rows, h, w, _nc = _grid_view(raw, n_a, grid)
     idx = _objectness_survivors(rows, conf_threshold, quant)
     if idx.size == 0:
         return Detections.empty()
@@ -125,5 +131,41 @@ def decode_region(raw: np.ndarray, anchors_grid: np.ndarray, input_wh: tuple[int
     cy = (row + _sigmoid(v[:, 1])) * sy
     bw = np.exp(np.minimum(v[:, 2], 50.0)) * anchors_grid[a, 0] * sx
     bh = np.exp(np.minimum(v[:, 3], 50.0)) * anchors_grid[a, 1] * sy
+    boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1)
+    return Detections(boxes.astype(np.float32), score.astype(np.float32), best.astype(np.int32))
+
+
+def decode_anchor_free(raw: np.ndarray, classes: int, input_wh: tuple[int, int],
+                       conf_threshold: float, quant: Quant | None = None,
+                       normalized: bool = True) -> Detections:
+    """Decode a YOLOv8-style anchor-free head: (1, 4+C, N) or transposed (1, N, 4+C).
+
+    Rows are cx, cy, w, h (normalized to the input when ``normalized``, else input pixels)
+    followed by C class scores already in [0, 1]; there is no objectness.
+    """
+    x = raw[0] if raw.ndim == 3 and raw.shape[0] == 1 else raw
+    width = 4 + classes
+    if x.ndim != 2 or width not in x.shape:
+        raise ValueError(f"anchor-free head must be (1, {width}, N) or (1, N, {width}), "
+                         f"got {raw.shape}")
+    if x.shape[0] == width and x.shape[1] != width:
+        x = x.T  # (N, 4+C) view
+    cls = x[:, 4:]
+    if quant is None:
+        idx = np.flatnonzero(cls.max(axis=1) >= conf_threshold)
+    else:
+        scale, zp = quant
+        q_min = math.ceil(zp + conf_threshold / scale)
+        idx = np.flatnonzero(cls.max(axis=1).astype(np.int32) >= q_min)
+    if idx.size == 0:
+        return Detections.empty()
+    v = _dequant(x[idx], quant)
+    best = np.argmax(v[:, 4:], axis=1)
+    score = v[np.arange(idx.size), 4 + best]
+    keep = score >= conf_threshold
+    v, best, score = v[keep], best[keep], score[keep]
+    net_w, net_h = input_wh
+    sx, sy = (net_w, net_h) if normalized else (1.0, 1.0)
+    cx, cy, bw, bh = v[:, 0] * sx, v[:, 1] * sy, v[:, 2] * sx, v[:, 3] * sy
     boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1)
     return Detections(boxes.astype(np.float32), score.astype(np.float32), best.astype(np.int32))

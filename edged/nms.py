@@ -66,3 +66,23 @@ def nms(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou_thresh
             break
         order = rest[_overlap_one(b[i], b[rest], kind, beta) <= iou_threshold]
     return np.asarray(keep, np.int64)
+
+
+def select(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray,
+           class_thresholds: np.ndarray | None = None, allowed: np.ndarray | None = None,
+           min_area: float = 0.0) -> np.ndarray:
+    """Boolean mask of boxes passing the per-class score thresholds, the class allow-list and
+    the minimum box area (same pixel units as ``boxes``).
+
+    class_thresholds: (num_classes,) float, the minimum score per class id;
+    allowed: (num_classes,) bool, True for classes to keep.
+    """
+    keep = np.ones(scores.shape[0], bool)
+    if class_thresholds is not None:
+        keep &= scores >= class_thresholds[class_ids]
+    if allowed is not None:
+        keep &= allowed[class_ids]
+    if min_area > 0:
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        keep &= area >= min_area
+    return keep

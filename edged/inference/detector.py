@@ -6,17 +6,18 @@ Head tensors are matched to the sidecar's outputs by their grid shape, never by 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edged import sidecar
-from edged.decode import Quant, decode_region, decode_yolo
+from edged.decode import Quant, decode_anchor_free, decode_region, decode_yolo
 from edged.errors import ModelError
 from edged.inference.runtime import Runtime, load_runtime, make_interpreter
-from edged.nms import nms
+from edged.nms import nms, select
 from edged.preprocess import Letterbox, letterbox_into
 from edged.types import Detections
 
@@ -25,9 +26,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DetectParams:
-    conf_threshold: float = 0.25
+    conf_threshold: float = 0.25  # default minimum score
     iou_threshold: float = 0.45
     max_detections: int = 100
+    class_thresholds: Mapping[int, float] = field(default_factory=dict)  # class id -> min score
+    allowed_classes: frozenset[int] | None = None  # None: every class
+    min_box_area: float = 0.0  # in source-frame pixels^2
 
 
 @dataclass(frozen=True)
@@ -70,31 +74,43 @@ class Detector:
         self._outputs = self._match_outputs()
 
     def _match_outputs(self) -> list[_Output]:
+        """Pair each sidecar output with the one tensor of a fitting shape (order ignored)."""
         head = self.spec.head
         details = self.interpreter.get_output_details()
-        by_grid: dict[tuple[int, int], list[dict[str, Any]]] = {}
-        for d in details:
-            shape = tuple(int(v) for v in d["shape"])
-            if len(shape) == 4:
-                by_grid.setdefault((shape[1], shape[2]), []).append(d)
-        matched = []
+        shapes = [tuple(int(v) for v in d["shape"]) for d in details]
         anchors = np.asarray(head.anchors, np.float32).reshape(-1, 2)
-        for i, out in enumerate(head.outputs):
-            cands = by_grid.get(out.grid, [])
-            n_a = len(out.mask) if out.mask else len(anchors)
-            want_c = n_a * (head.classes + 5)
-            cands = [d for d in cands if int(d["shape"][3]) == want_c]
-            if len(cands) != 1:
-                shapes = [tuple(int(v) for v in d["shape"]) for d in details]
+        wanted: list[tuple[sidecar.HeadOutput | None, set[tuple[int, ...]], np.ndarray]] = []
+        if head.type == "anchor_free":
+            n = sum(o.grid[0] * o.grid[1] for o in head.outputs)
+            c = 4 + head.classes
+            wanted.append((None, {(1, c, n), (1, n, c)}, anchors))
+        else:
+            for o in head.outputs:
+                a = anchors[list(o.mask)] if o.mask else anchors
+                c = len(a) * (head.classes + 5)
+                gh, gw = o.grid
+                shapes_ok: set[tuple[int, ...]] = {(1, gh, gw, c)}
+                if head.type == "region":
+                    shapes_ok.add((1, gh * gw, c))  # ST's flattened layout
+                wanted.append((o, shapes_ok, a))
+        matched = []
+        for i, (out, ok, a) in enumerate(wanted):
+            hits = [d for d, sh in zip(details, shapes, strict=True) if sh in ok]
+            if len(hits) != 1:
                 raise ModelError(
                     f"{self.model_path}: model outputs {shapes} do not fit the sidecar: "
-                    f"head.outputs[{i}] expects (1, {out.grid[0]}, {out.grid[1]}, {want_c})")
-            d = cands[0]
+                    f"head.outputs[{i}] ({head.type}) expects one of {sorted(ok)}")
+            d = hits[0]
             scale, zp = d["quantization"]
             quant = (float(scale), int(zp)) if scale else None
-            a = anchors[list(out.mask)] if out.mask else anchors
-            matched.append(_Output(int(d["index"]), out, quant, a))
+            spec_out = out or head.outputs[0]
+            matched.append(_Output(int(d["index"]), spec_out, quant, a))
         return matched
+
+    @property
+    def outputs(self) -> list[_Output]:
+        """Head tensors matched to the sidecar's outputs (index, spec, quantization, anchors)."""
+        return self._outputs
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -121,24 +137,48 @@ class Detector:
         self.interpreter.invoke()
 
     def postprocess(self, geom: Letterbox, params: DetectParams) -> Detections:
-        """Decode every head, NMS, and map boxes to the source frame (clipped)."""
+        """Decode every head, filter, NMS, and map boxes to the source frame (clipped)."""
         head = self.spec.head
+        conf = params.conf_threshold
+        if params.class_thresholds:
+            conf = min(conf, *params.class_thresholds.values())
         parts = []
         for out in self._outputs:
             raw = self.interpreter.get_tensor(out.index)
             if head.type == "yolo":
-                parts.append(decode_yolo(raw, out.anchors, self.input_size,
-                                         params.conf_threshold, out.spec.scale_x_y, out.quant))
+                parts.append(decode_yolo(raw, out.anchors, self.input_size, conf,
+                                         out.spec.scale_x_y, out.quant))
             elif head.type == "region":
-                parts.append(decode_region(raw, out.anchors, self.input_size,
-                                           params.conf_threshold, out.quant))
+                parts.append(decode_region(raw, out.anchors, self.input_size, conf, out.quant,
+                                           out.spec.grid))
             else:
-                raise ModelError(f"head type {head.type!r} is not supported by this detector")
-        dets = Detections.concat(parts)
+                parts.append(decode_anchor_free(raw, head.classes, self.input_size, conf,
+                                                out.quant))
+        dets = Detections.concat(parts) if len(parts) > 1 else parts[0]
+        if len(dets) and (params.class_thresholds or params.allowed_classes is not None
+                          or params.min_box_area > 0):
+            dets = dets.take(select(dets.boxes, dets.scores, dets.class_ids,
+                                    self._thresholds(params), self._allowed(params),
+                                    params.min_box_area * geom.scale_x * geom.scale_y))
         keep = nms(dets.boxes, dets.scores, dets.class_ids, params.iou_threshold,
                    params.max_detections, head.nms, head.nms_beta)
         dets = dets.take(keep)
         return Detections(geom.to_source(dets.boxes), dets.scores, dets.class_ids)
+
+    def _thresholds(self, params: DetectParams) -> np.ndarray | None:
+        if not params.class_thresholds:
+            return None
+        t = np.full(self.spec.head.classes, params.conf_threshold, np.float32)
+        for cls, v in params.class_thresholds.items():
+            t[cls] = v
+        return t
+
+    def _allowed(self, params: DetectParams) -> np.ndarray | None:
+        if params.allowed_classes is None:
+            return None
+        mask = np.zeros(self.spec.head.classes, bool)
+        mask[list(params.allowed_classes)] = True
+        return mask
 
     def detect(self, frame_bgr: np.ndarray, params: DetectParams) -> Detections:
         geom = self.preprocess(frame_bgr)

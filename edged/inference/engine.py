@@ -1,0 +1,208 @@
+"""Open a model on the best backend available, falling back to the CPU loudly and exactly once.
+
+Backends: ``vx`` (i.MX 8M Plus NPU, libvx_delegate.so), ``ethosu`` (i.MX 93 NPU,
+libethosu_delegate.so + the Vela-compiled variant), ``cpu`` (the runtime's built-in kernels,
+XNNPACK), or an external delegate given by path. ``auto`` picks by SoC. Any failure to load the
+delegate, build the interpreter with it, or warm it up falls back to the CPU with one WARNING;
+the reason stays in ``Engine.fallback_reason`` (and so in every status message).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edged import sidecar
+from edged.errors import EdgedError, ModelError, UsageError
+from edged.inference.detector import Detector
+from edged.inference.runtime import Runtime, load_runtime
+from edged.platform import IMX8MP, IMX93, Soc, detect_soc
+
+logger = logging.getLogger(__name__)
+
+BUILTIN_DELEGATES = ("auto", "vx", "ethosu", "cpu", "xnnpack")
+VX_LIBRARY = "/usr/lib/libvx_delegate.so"
+ETHOSU_LIBRARY = "/usr/lib/libethosu_delegate.so"
+
+
+class AcceleratorUnavailable(EdgedError):
+    """``require_accelerator`` is set and the accelerator could not be used."""
+
+    exit_code = 3
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    delegate: str = "auto"  # auto | vx | ethosu | cpu | xnnpack | /path/to/delegate.so
+    delegate_options: Mapping[str, Any] = field(default_factory=dict)
+    require_accelerator: bool = False
+    runtime: str = "auto"
+    num_threads: int = 2
+    cache_dir: Path | None = None  # NPU graph caches (VX cache file, Ethos-U cache dir)
+    vx_library: str = VX_LIBRARY
+    ethosu_library: str = ETHOSU_LIBRARY
+    ethosu_device: str = "/dev/ethosu0"
+    sysfs_root: Path = Path("/")
+    warmup: bool = True
+
+    def __post_init__(self) -> None:
+        if self.delegate not in BUILTIN_DELEGATES and "/" not in self.delegate \
+                and not self.delegate.endswith(".so"):
+            raise UsageError(
+                f"delegate must be one of {', '.join(BUILTIN_DELEGATES)} or a path to a "
+                f"delegate .so, got {self.delegate!r}")
+        if self.num_threads < 1:
+            raise UsageError(f"num_threads must be >= 1, got {self.num_threads}")
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    backend: str  # vx | ethosu | external | cpu
+    library: str | None
+    options: dict[str, str]
+    variant: str  # sidecar variant key
+
+
+@dataclass
+class Engine:
+    detector: Detector
+    backend: str  # what actually runs: vx | ethosu | external | cpu
+    requested: str  # what the config asked for
+    runtime: str
+    soc: Soc
+    fallback_reason: str | None = None
+    warmup_ms: float = 0.0
+
+    @property
+    def model_name(self) -> str:
+        return self.detector.spec.name
+
+
+def option_str(value: Any) -> str:
+    """Delegate options are strings; NXP's parsers accept only true/false/1/0 for booleans."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _model_key(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _vx_cache_options(cfg: EngineConfig, model: Path) -> dict[str, str]:
+    """VX delegate graph cache, keyed by the model's hash; a zero-size file would be taken as a
+    valid (empty) cache by the delegate, so it is removed first."""
+    if cfg.cache_dir is None:
+        return {}
+    cache = cfg.cache_dir / f"vx-{model.stem}-{_model_key(model)}.nb"
+    try:
+        cfg.cache_dir.mkdir(parents=True, exist_ok=True)
+        if cache.exists() and cache.stat().st_size == 0:
+            cache.unlink()
+    except OSError as e:
+        logger.warning("NPU cache directory %s unusable (%s); running without a graph cache",
+                       cfg.cache_dir, e.strerror or e)
+        return {}
+    # The driver-level cache, read when the driver loads (before the first delegate).
+    os.environ.setdefault("VIV_VX_ENABLE_CACHE_GRAPH_BINARY", "1")
+    os.environ.setdefault("VIV_VX_CACHE_BINARY_GRAPH_DIR", str(cfg.cache_dir))
+    return {"allowed_cache_mode": "true", "cache_file_path": str(cache)}
+
+
+def _plan(cfg: EngineConfig, soc: Soc, spec: sidecar.ModelSpec) -> _Attempt | None:
+    """The accelerator to try first, or None for the CPU directly."""
+    user = {k: option_str(v) for k, v in cfg.delegate_options.items()}
+    kind = cfg.delegate
+    if kind == "auto":
+        kind = {IMX8MP: "vx", IMX93: "ethosu"}.get(soc.family, "cpu")
+    if kind in ("cpu", "xnnpack"):
+        return None
+    cpu_path = spec.variant_path("cpu")
+    if kind == "vx":
+        model = spec.variant_path("vx") or cpu_path
+        opts = _vx_cache_options(cfg, model) if model is not None and model.is_file() else {}
+        return _Attempt("vx", cfg.vx_library, {**opts, **user}, "vx" if "vx" in spec.variants
+                        else "cpu")
+    if kind == "ethosu":
+        opts = {"device_name": cfg.ethosu_device}
+        if cfg.cache_dir is not None:
+            opts["cache_file_path"] = str(cfg.cache_dir)
+        return _Attempt("ethosu", cfg.ethosu_library, {**opts, **user}, "ethosu")
+    return _Attempt("external", kind, user, "cpu")
+
+
+def _warm_up(det: Detector) -> float:
+    t0 = time.perf_counter()
+    frame = np.full((det.spec.input.height, det.spec.input.width, 3),
+                    det.spec.input.pad_value, np.uint8)
+    det.preprocess(frame)
+    det.invoke()
+    return (time.perf_counter() - t0) * 1000.0
+
+
+def _try_accelerator(att: _Attempt, spec: sidecar.ModelSpec, runtime: Runtime,
+                     cfg: EngineConfig) -> tuple[Detector | None, str | None, float]:
+    model = spec.variant_path(att.variant)
+    if model is None:
+        return None, (f"the model has no '{att.variant}' variant "
+                      f"(export it with --vela for the i.MX 93)"), 0.0
+    if not model.is_file():
+        return None, f"model file {model} not found", 0.0
+    assert att.library is not None
+    if os.path.isabs(att.library) and not os.path.exists(att.library):
+        # checked first: load_delegate on a missing file also spews a __del__ traceback
+        return None, f"delegate library {att.library} not found", 0.0
+    try:
+        delegate = runtime.load_delegate(att.library, att.options)
+    except (OSError, ValueError, AttributeError, RuntimeError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        return None, f"cannot load delegate {att.library}: {msg}", 0.0
+    try:
+        det = Detector(spec, model, cfg.num_threads, runtime, [delegate])
+    except ModelError as e:
+        return None, f"{att.backend} delegate cannot run {model.name}: {e}", 0.0
+    if not cfg.warmup:
+        return det, None, 0.0
+    try:
+        ms = _warm_up(det)
+    except (RuntimeError, ValueError) as e:
+        return None, f"{att.backend} warm-up invoke failed: {str(e).splitlines()[0]}", 0.0
+    return det, None, ms
+
+
+def open_engine(sidecar_path: Path, cfg: EngineConfig) -> Engine:
+    """Load the model on the configured backend (with CPU fallback) and warm it up."""
+    spec = sidecar.load(sidecar_path)
+    runtime = load_runtime(cfg.runtime)
+    soc = detect_soc(cfg.sysfs_root)
+    att = _plan(cfg, soc, spec)
+    reason: str | None = None
+    if att is not None:
+        logger.info("trying %s backend on %s with %s", att.backend, soc.describe(), runtime.name)
+        det, reason, ms = _try_accelerator(att, spec, runtime, cfg)
+        if det is not None:
+            return Engine(det, att.backend, cfg.delegate, runtime.name, soc, None, ms)
+        if cfg.require_accelerator:
+            raise AcceleratorUnavailable(f"accelerator required but unavailable: {reason}")
+        logger.warning("falling back to the CPU: %s", reason)
+    elif cfg.require_accelerator:
+        raise AcceleratorUnavailable(
+            f"accelerator required but delegate={cfg.delegate!r} on {soc.describe()} "
+            "selects the CPU")
+    cpu = spec.variant_path("cpu")
+    assert cpu is not None  # the sidecar loader requires variants.cpu
+    det = Detector(spec, cpu, cfg.num_threads, runtime)
+    ms = _warm_up(det) if cfg.warmup else 0.0
+    return Engine(det, "cpu", cfg.delegate, runtime.name, soc, reason, ms)
