@@ -45,3 +45,25 @@ def v3_export(assets: Assets, tmp_path_factory: pytest.TempPathFactory) -> tuple
                      "--name", "yolov3-tiny-416")
     assert proc.returncode == 0, proc.stderr
     return out, proc.stdout
+
+
+@pytest.fixture(scope="session")
+def recording_delegate(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/delegate/recording_delegate.c built into a real shared library with gcc."""
+    out = tmp_path_factory.mktemp("delegate") / "librecording_delegate.so"
+    src = REPO / "tests" / "delegate" / "recording_delegate.c"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-o", str(out),
+                    str(src)], check=True, capture_output=True, text=True)
+    return out
+
+
+def fake_board(root: Path, soc_id: str | None, compatible: list[str] | None = None) -> Path:
+    """A fake sysfs/device-tree root that looks like an i.MX board to edged.platform."""
+    if soc_id is not None:
+        (root / "sys/devices/soc0").mkdir(parents=True, exist_ok=True)
+        (root / "sys/devices/soc0/soc_id").write_text(soc_id + "\n")
+    if compatible is not None:
+        (root / "proc/device-tree").mkdir(parents=True, exist_ok=True)
+        (root / "proc/device-tree/compatible").write_bytes(
+            b"".join(c.encode() + b"\0" for c in compatible))
+    return root

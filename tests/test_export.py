@@ -8,8 +8,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from edged import sidecar
 from edged.export.assets import Assets
@@ -18,7 +16,7 @@ from edged.export.pipeline import ExportRequest, export_darknet
 from edged.inference.detector import Detector, DetectParams
 from edged.inference.runtime import load_runtime, make_interpreter
 from edged.metrics import average_precision
-from edged.types import Detections
+from tests.coco_util import coco_map50
 from tests.conftest import DATA
 from tests.darknet_util import (
     input_batch,
@@ -80,32 +78,6 @@ def test_random_weight_structures_match_opencv(cfg_name: str, expect_head: str, 
             assert err <= MAX_REL_ERR, f"{cfg_name} head {ref.shape}: relative error {err:.2e}"
 
 
-def _coco_map50(gts: list[Detections], preds: list[Detections]) -> float:
-    """mAP@0.5 computed by pycocotools (an implementation nobody here wrote)."""
-    images, anns, dets = [], [], []
-    for i, (g, p) in enumerate(zip(gts, preds, strict=True)):
-        images.append({"id": i, "width": 10000, "height": 10000})
-        for b, c in zip(g.boxes, g.class_ids, strict=True):
-            w, h = float(b[2] - b[0]), float(b[3] - b[1])
-            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": int(c),
-                         "bbox": [float(b[0]), float(b[1]), w, h], "area": w * h,
-                         "iscrowd": 0})
-        for b, s, c in zip(p.boxes, p.scores, p.class_ids, strict=True):
-            dets.append({"image_id": i, "category_id": int(c), "score": float(s),
-                         "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]),
-                                  float(b[3] - b[1])]})
-    gt = COCO()
-    gt.dataset = {"images": images, "annotations": anns,
-                  "categories": [{"id": c} for c in range(80)]}
-    gt.createIndex()
-    ev = COCOeval(gt, gt.loadRes(dets), "bbox")
-    ev.params.catIds = sorted({a["category_id"] for a in anns})
-    ev.evaluate()
-    ev.accumulate()
-    ev.summarize()
-    return float(ev.stats[1])
-
-
 def test_int8_detections_agree_with_float(assets: Assets, v3_export: tuple[Path, str]) -> None:
     out, stdout = v3_export
     spec = sidecar.load(out / "yolov3-tiny-416.yaml")
@@ -126,7 +98,7 @@ def test_int8_detections_agree_with_float(assets: Assets, v3_export: tuple[Path,
         gts.append(fdet.detect(img, DetectParams(0.25, 0.45, 100)))
         preds.append(qdet.detect(img, DetectParams(0.01, 0.45, 100)))
     assert sum(len(g) for g in gts) >= 20  # enough float detections to mean something
-    coco = _coco_map50(gts, preds)
+    coco = coco_map50(gts, preds)
     ours, _ = average_precision(gts, preds)
     print(f"int8 vs float mAP@0.5: pycocotools {coco:.4f}, edged.metrics {ours:.4f}")
     assert coco >= 0.95

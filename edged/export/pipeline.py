@@ -22,6 +22,11 @@ from edged.preprocess import letterbox
 logger = logging.getLogger(__name__)
 
 PAD_VALUE = 127  # darknet letterboxes with 0.5 grey
+# The int8 head output has one scale for all its logits. Objectness logits reach -26 while box
+# size logits stay within about +-2, so the raw range would cost every box ~7% in w and h.
+# Clamping the int8 graph's head to +-8 (sigmoid(-8) = 0.0003, below any useful threshold)
+# makes the step 2-3x finer. The float32 model is left exact.
+HEAD_CLAMP = 8.0
 
 
 @dataclass(frozen=True)
@@ -140,7 +145,8 @@ def export_darknet(req: ExportRequest) -> ExportResult:
         logger.info("quantizing %s to int8 (%s) on %d calibration images",
                     name, req.quant, len(batches))
         int8_path = req.out_dir / f"{name}_int8.tflite"
-        int8_path.write_bytes(tfgraph.convert(forward, True, req.quant == "per-tensor",
+        forward_q = tfgraph.build_forward(net, params, clamp_logits=HEAD_CLAMP)
+        int8_path.write_bytes(tfgraph.convert(forward_q, True, req.quant == "per-tensor",
                                               representative))
         result.int8_path = int8_path
         result.calibration_images = len(batches)
@@ -156,7 +162,8 @@ def export_darknet(req: ExportRequest) -> ExportResult:
         "source": {"cfg": req.cfg.name, "weights": req.weights.name,
                    "weights_sha256": hashlib.sha256(req.weights.read_bytes()).hexdigest()},
     }
-    quant_info: dict[str, object] = {"scheme": req.quant, "calibration_images": len(samples)}
+    quant_info: dict[str, object] = {"scheme": req.quant, "calibration_images": len(samples),
+                                     "head_logit_clamp": HEAD_CLAMP}
     if result.int8_path is not None:
         extra["quantization"] = quant_info
     if result.vela is not None:

@@ -62,8 +62,12 @@ def _padding_mode(layer: Conv | MaxPool) -> str | None:
     return None
 
 
-def build_forward(net: DarknetNet, params: dict[int, ConvParams]) -> Any:
-    """A ``tf.function`` mapping (1, H, W, C) float32 RGB in [0, 1] to the raw head tensors."""
+def build_forward(net: DarknetNet, params: dict[int, ConvParams],
+                  clamp_logits: float | None = None) -> Any:
+    """A ``tf.function`` mapping (1, H, W, C) float32 RGB in [0, 1] to the raw head tensors.
+
+    ``clamp_logits`` clips the head outputs to [-c, c] (int8 export: see HEAD_CLAMP).
+    """
     tf = _tf()
     consts = {
         i: (tf.constant(p.kernel), tf.constant(p.bias)) for i, p in params.items()
@@ -116,7 +120,10 @@ def build_forward(net: DarknetNet, params: dict[int, ConvParams]) -> Any:
             elif isinstance(layer, Shortcut):
                 y = activation(prev + outs[layer.source], layer.activation)
             elif isinstance(layer, Yolo | Region):
-                heads.append(outs[layer.in_layer])
+                h = outs[layer.in_layer]
+                if clamp_logits is not None:
+                    h = tf.clip_by_value(h, -clamp_logits, clamp_logits)
+                heads.append(h)
                 y = prev  # nothing may route from a head (checked by the parser)
             else:  # pragma: no cover - the parser only produces the kinds above
                 raise DarknetError(f"{layer.where(net.source)}: cannot build this layer")
