@@ -4,6 +4,7 @@ Exit codes (documented in the README):
     0  success
     1  unrecoverable runtime error (a bug, or the machine failing underneath us)
     2  usage, configuration or input error: something the user passed can be fixed
+    3  ``require_accelerator`` is set and the NPU could not be used
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
+EXIT_NO_ACCELERATOR = 3
 
 
 class EdgedError(Exception):

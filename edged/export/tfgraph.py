@@ -140,8 +140,9 @@ def run_float(forward: Any, batch: np.ndarray) -> list[np.ndarray]:
 
 
 def convert(forward: Any, quantize: bool = False, per_tensor: bool = False,
-            representative: Callable[[], Iterable[list[np.ndarray]]] | None = None) -> bytes:
-    """Convert to a TFLite flatbuffer: float32, or full-int8 (uint8 in, int8 out)."""
+            representative: Callable[[], Iterable[list[np.ndarray]]] | None = None,
+            input_type: str = "uint8") -> bytes:
+    """Convert to a TFLite flatbuffer: float32, or full-int8 (``input_type`` in, int8 out)."""
     tf = _tf()
     concrete = forward.get_concrete_function()
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], forward)
@@ -151,7 +152,7 @@ def convert(forward: Any, quantize: bool = False, per_tensor: bool = False,
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = representative
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8
+        converter.inference_input_type = {"uint8": tf.uint8, "int8": tf.int8}[input_type]
         converter.inference_output_type = tf.int8
         if per_tensor:
             converter._experimental_disable_per_channel = True

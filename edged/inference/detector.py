@@ -108,6 +108,11 @@ class Detector:
         return matched
 
     @property
+    def pixels(self) -> np.ndarray:
+        """The last letterboxed frame, (net_h, net_w, 3) uint8 in the network's colour order."""
+        return self._pixels
+
+    @property
     def outputs(self) -> list[_Output]:
         """Head tensors matched to the sidecar's outputs (index, spec, quantization, anchors)."""
         return self._outputs

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from edged import sidecar
-from edged.errors import EdgedError, ModelError, UsageError
+from edged.errors import EXIT_NO_ACCELERATOR, EdgedError, ModelError, UsageError
 from edged.inference.detector import Detector
 from edged.inference.runtime import Runtime, load_runtime
 from edged.platform import IMX8MP, IMX93, Soc, detect_soc
@@ -36,7 +36,7 @@ ETHOSU_LIBRARY = "/usr/lib/libethosu_delegate.so"
 class AcceleratorUnavailable(EdgedError):
     """``require_accelerator`` is set and the accelerator could not be used."""
 
-    exit_code = 3
+    exit_code = EXIT_NO_ACCELERATOR
 
 
 @dataclass(frozen=True)
