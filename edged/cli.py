@@ -261,11 +261,95 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_run(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("run", help="run the daemon",
+                       description="Run the detection daemon. Without --config: the shipped "
+                                   "model on the bundled sample clip, publishing on "
+                                   "tcp://127.0.0.1:5556.")
+    p.add_argument("--config", type=Path, help="YAML config (see config.example.yaml)")
+    p.set_defaults(func=_cmd_run)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from edged.config import default_config, load_config
+    from edged.service import Service
+
+    cfg = load_config(args.config) if args.config else default_config()
+    if not args.verbose:
+        logging.getLogger().setLevel(cfg.log_level.upper())
+    return Service(cfg, args.config).run()
+
+
+def _add_check_config(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("check-config", help="validate a config file and exit")
+    p.add_argument("config", type=Path)
+    p.set_defaults(func=_cmd_check_config)
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    from edged.config import load_config
+
+    cfg = load_config(args.config)
+    print(f"{args.config}: OK (camera {cfg.camera.name!r} from {cfg.camera.source}, model "
+          f"{cfg.model}, publishing on {', '.join(cfg.publish.endpoints)})")
+    return EXIT_OK
+
+
+def _add_sub(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("sub", help="print the messages a running edged publishes")
+    p.add_argument("endpoints", nargs="*", default=["tcp://127.0.0.1:5556"],
+                   metavar="ENDPOINT", help="default tcp://127.0.0.1:5556")
+    p.add_argument("--topic", action="append", default=[], metavar="PREFIX",
+                   help="topic prefix, e.g. det/ or status/balcony (repeatable; default all)")
+    p.add_argument("--count", type=int, default=0, help="stop after N messages")
+    p.add_argument("--timeout", type=float, default=0.0,
+                   help="give up after this many seconds without a message (0: wait forever)")
+    p.add_argument("--json", action="store_true", help="print each payload as raw JSON")
+    p.add_argument("--server-key", type=Path, help="CURVE: the server's public certificate")
+    p.add_argument("--client-cert", type=Path, help="CURVE: this client's secret certificate")
+    p.set_defaults(func=_cmd_sub)
+
+
+def _cmd_sub(args: argparse.Namespace) -> int:
+    from edged.client import DetMessage, Subscriber
+    from edged.config import check_endpoint
+
+    for ep in args.endpoints:
+        problem = check_endpoint(ep)
+        if problem:
+            raise UsageError(f"{ep}: {problem}")
+    n = 0
+    with Subscriber(args.endpoints, args.topic or ["det/", "status/"], args.server_key,
+                    args.client_cert) as sub:
+        while args.count <= 0 or n < args.count:
+            msg = sub.recv(args.timeout if args.timeout > 0 else None)
+            if msg is None:
+                raise EdgedError(f"no message within {args.timeout:g} s from "
+                                 f"{', '.join(args.endpoints)}")
+            n += 1
+            if args.json:
+                print(json.dumps(msg.raw), flush=True)
+            elif isinstance(msg, DetMessage):
+                found = ", ".join(
+                    f"{d.label} {d.score:.2f} at ({d.box[0]:.0f},{d.box[1]:.0f})-"
+                    f"({d.box[2]:.0f},{d.box[3]:.0f})" for d in msg.detections) or "-"
+                print(f"{msg.topic} #{msg.seq} frame {msg.frame_seq} "
+                      f"{msg.latency_ms['total']:.1f} ms: {found}", flush=True)
+            else:
+                fb = f" (fallback: {msg.fallback_reason})" if msg.fallback_reason else ""
+                print(f"{msg.topic} {msg.state} on {msg.backend}{fb}: {msg.fps_in:.1f} fps in, "
+                      f"{msg.fps_out:.1f} fps out, {msg.frames_dropped} dropped", flush=True)
+    return EXIT_OK
+
+
 def build_parser() -> _Parser:
     parser = _Parser(prog="edged", description="On-device object detection daemon.")
     parser.add_argument("--version", action="version", version=f"edged {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_run(sub)
+    _add_sub(sub)
+    _add_check_config(sub)
     _add_export(sub)
     _add_detect(sub)
     _add_bench(sub)

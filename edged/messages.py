@@ -3,6 +3,7 @@ daemon's ``det/<camera>`` messages (README, "Message schema")."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,3 +25,40 @@ def detection_dicts(dets: Detections, labels: Sequence[str], width: int,
                          round(box[2] / width, 4), round(box[3] / height, 4)],
         })
     return out
+
+
+SCHEMA_VERSION = 1
+STATES = ("starting", "warming_up", "running", "source_down", "stopping", "reloading")
+
+
+def topic(kind: str, camera: str) -> bytes:
+    """``det/<camera>`` or ``status/<camera>``: no topic of one kind prefixes the other."""
+    return f"{kind}/{camera}".encode()
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
+
+
+def det_message(*, camera: str, seq: int, frame_seq: int, ts_ns: int, width: int, height: int,
+                model: str, backend: str, latency_ms: dict[str, float],
+                detections: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"v": SCHEMA_VERSION, "kind": "detections", "camera": camera, "seq": seq,
+            "frame_seq": frame_seq, "ts_ns": ts_ns, "frame": {"width": width, "height": height},
+            "model": model, "backend": backend, "latency_ms": latency_ms,
+            "detections": detections}
+
+
+def status_message(*, camera: str, seq: int, state: str, ts_ns: int, uptime_s: float,
+                   model: str, backend: str, fallback_reason: str | None, runtime: str,
+                   fps_in: float, fps_out: float, frames_in: int, frames_out: int,
+                   frames_dropped: int, source: str, source_reason: str | None,
+                   reconnects: int, latency_ms: dict[str, dict[str, float]],
+                   published_dropped: int) -> dict[str, Any]:
+    return {"v": SCHEMA_VERSION, "kind": "status", "camera": camera, "seq": seq,
+            "state": state, "ts_ns": ts_ns, "uptime_s": round(uptime_s, 3), "model": model,
+            "backend": backend, "fallback_reason": fallback_reason, "runtime": runtime,
+            "fps_in": round(fps_in, 2), "fps_out": round(fps_out, 2), "frames_in": frames_in,
+            "frames_out": frames_out, "frames_dropped": frames_dropped,
+            "source": {"uri": source, "reason": source_reason, "reconnects": reconnects},
+            "latency_ms": latency_ms, "publish_dropped": published_dropped}

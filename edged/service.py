@@ -1,0 +1,253 @@
+"""The daemon: builds the stages from the config, runs them, reloads on SIGHUP, stops on
+SIGTERM/SIGINT. Startup order: publisher (bind, fail fast) → engine (load, warm up) → worker →
+capture; shutdown is the reverse, bounded in time."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from edged.capture import CaptureThread, LatestFrameSlot, SourceSpec
+from edged.config import Config, default_config, load_config
+from edged.errors import EXIT_OK, EXIT_RUNTIME, EdgedError
+from edged.inference.engine import Engine, EngineConfig, open_engine
+from edged.inference.worker import InferenceWorker, detect_params
+from edged.messages import status_message
+from edged.publish import Publisher
+from edged.sdnotify import Notifier
+from edged.stats import PipelineStats
+
+logger = logging.getLogger(__name__)
+
+STOP_BUDGET_S = 1.5  # all joins together, so SIGTERM → exit well within 2 s
+
+
+def source_spec(cfg: Config) -> SourceSpec:
+    c = cfg.camera
+    return SourceSpec(c.source, c.width, c.height, c.fps_limit, c.loop, c.realtime,
+                      c.stall_timeout_s, c.reconnect_initial_s, c.reconnect_max_s)
+
+
+def engine_config(cfg: Config) -> EngineConfig:
+    i = cfg.inference
+    return EngineConfig(delegate=i.delegate, delegate_options=i.delegate_options,
+                        require_accelerator=i.require_accelerator, runtime=i.runtime,
+                        num_threads=i.threads, cache_dir=i.cache_dir)
+
+
+class Service:
+    def __init__(self, cfg: Config, config_path: Path | None = None,
+                 notifier: Notifier | None = None) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.notifier = notifier or Notifier()
+        self.stats = PipelineStats()
+        self.slot = LatestFrameSlot()
+        self.state = "starting"
+        self.started_mono = time.monotonic()
+        self.engine: Engine | None = None
+        self.publisher: Publisher | None = None
+        self.worker: InferenceWorker | None = None
+        self.capture: CaptureThread | None = None
+        self.source_reason: str | None = None
+        self._status_seq = 0
+        self._status_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+
+    # --- status -----------------------------------------------------------------------------
+    def _set_state(self, state: str) -> None:
+        if state == self.state:
+            return
+        logger.info("state: %s -> %s", self.state, state)
+        self.state = state
+        if self.publisher is not None:
+            self.publisher.send_status(self._status())
+        self.notifier.notify(f"STATUS={self.status_line()}")
+
+    def status_line(self) -> str:
+        backend = self.engine.backend if self.engine else "none"
+        fb = " (fallback)" if self.engine and self.engine.fallback_reason else ""
+        return f"{self.state}, {backend}{fb}, {self.stats.frames_out} frames"
+
+    def _status(self) -> dict[str, Any]:
+        """A status snapshot (publisher thread every interval; any thread on state change)."""
+        cap = self.capture
+        frames_in = cap.frames if cap else 0
+        fps_in, fps_out = self.stats.rates(frames_in)
+        eng = self.engine
+        with self._status_lock:
+            seq = self._status_seq
+            self._status_seq += 1
+        return status_message(
+            camera=self.cfg.camera.name, seq=seq, state=self.state,
+            ts_ns=time.time_ns(), uptime_s=time.monotonic() - self.started_mono,
+            model=eng.model_name if eng else self.cfg.model.stem,
+            backend=eng.backend if eng else "none",
+            fallback_reason=eng.fallback_reason if eng else None,
+            runtime=eng.runtime if eng else "none", fps_in=fps_in, fps_out=fps_out,
+            frames_in=frames_in, frames_out=self.stats.frames_out,
+            frames_dropped=self.slot.dropped, source=self.cfg.camera.source,
+            source_reason=self.source_reason, reconnects=cap.reconnects if cap else 0,
+            latency_ms=self.stats.percentiles(),
+            published_dropped=self.publisher.dropped if self.publisher else 0)
+
+    def _on_source(self, up: bool, reason: str) -> None:
+        self.source_reason = None if up else reason
+        if self.state in ("running", "source_down"):
+            self._set_state("running" if up else "source_down")
+
+    # --- lifecycle --------------------------------------------------------------------------
+    def _start_capture(self) -> None:
+        self.capture = CaptureThread(source_spec(self.cfg), self.slot, self._on_source)
+        self.capture.start()
+
+    def _start_publisher(self) -> None:
+        pub = Publisher(self.cfg.publish, self.cfg.camera.name, self._status)
+        pub.bind()
+        self.publisher = pub
+        pub.start()
+
+    def start(self) -> None:
+        self._start_publisher()
+        self._set_state("warming_up")
+        self.engine = open_engine(self.cfg.model, engine_config(self.cfg))
+        logger.info("model %s on %s via %s, warm-up %.0f ms", self.engine.model_name,
+                    self.engine.backend, self.engine.runtime, self.engine.warmup_ms)
+        assert self.publisher is not None
+        self.worker = InferenceWorker(
+            self.engine, self.slot,
+            detect_params(self.cfg.detection, self.engine.detector.spec.labels),
+            self.publisher.submit, self.stats, self.cfg.camera.name,
+            self.cfg.publish.empty_frames)
+        self.worker.start()
+        self._start_capture()
+        self._set_state("running")
+        self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    def run(self) -> int:
+        """Start, serve until stopped, stop. Returns the exit code."""
+        handlers = self._install_signals()
+        code = EXIT_OK
+        try:
+            self.start()
+            while not self._stop.wait(0.1):
+                if self._reload.is_set():
+                    self._reload.clear()
+                    self.reload()
+                if self.worker is not None and self.worker.error is not None:
+                    logger.error("stopping: inference failed: %s", self.worker.error)
+                    code = EXIT_RUNTIME
+                    break
+        finally:
+            self.shutdown()
+            for sig, old in handlers.items():
+                signal.signal(sig, old)
+        return code
+
+    def _install_signals(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def on_stop(signum: int, frame: FrameType | None) -> None:
+            self._stop.set()
+
+        def on_hup(signum: int, frame: FrameType | None) -> None:
+            self._reload.set()
+
+        old: dict[int, Any] = {}
+        for sig, h in ((signal.SIGTERM, on_stop), (signal.SIGINT, on_stop),
+                       (signal.SIGHUP, on_hup)):
+            old[sig] = signal.signal(sig, h)
+        return old
+
+    def shutdown(self) -> None:
+        self._set_state("stopping")
+        self.notifier.notify("STOPPING=1")
+        deadline = time.monotonic() + STOP_BUDGET_S
+        for part in (self.capture, self.worker):
+            if part is not None:
+                part.stop()
+        for name, part in (("capture", self.capture), ("inference", self.worker)):
+            if part is not None and not part.join(max(deadline - time.monotonic(), 0.05)):
+                logger.warning("%s thread did not stop in time", name)
+        if self.publisher is not None:
+            self.publisher.stop()
+            if not self.publisher.join(max(deadline - time.monotonic(), 0.2)):
+                logger.warning("publisher thread did not stop in time")
+        self.notifier.close()
+
+    # --- SIGHUP -----------------------------------------------------------------------------
+    def reload(self) -> None:
+        try:
+            new = load_config(self.config_path) if self.config_path else default_config()
+        except EdgedError as e:
+            logger.error("reload rejected, the running configuration stays: %s", e)
+            return
+        old = self.cfg
+        if new == old:
+            logger.info("reload: configuration unchanged")
+            return
+        self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        previous_state = self.state
+        self._set_state("reloading")
+        try:
+            self._apply(old, new)
+        finally:
+            self._set_state(previous_state if previous_state != "reloading" else "running")
+            self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
+
+    def _apply(self, old: Config, new: Config) -> None:
+        assert self.worker is not None and self.engine is not None
+        if (new.model, new.inference) != (old.model, old.inference):
+            try:
+                engine = open_engine(new.model, engine_config(new))
+            except EdgedError as e:
+                logger.error("reload: new model/backend rejected, the running one stays: %s", e)
+                new = Config(new.camera, old.model, old.inference, new.detection, new.publish,
+                             new.log_level, new.source)
+            else:
+                self.worker.set_engine(engine)
+                self.engine = engine
+                logger.info("reload: model %s on %s", engine.model_name, engine.backend)
+        labels = self.engine.detector.spec.labels
+        self.worker.set_params(detect_params(new.detection, labels), new.publish.empty_frames)
+        if new.camera != old.camera or new.publish != old.publish:
+            if new.publish != old.publish or new.camera.name != old.camera.name:
+                self._restart_publisher(new)
+            if new.camera != old.camera:
+                if self.capture is not None:
+                    self.capture.stop()
+                    self.capture.join(2.0)
+                self.cfg = new
+                self._start_capture()
+                logger.info("reload: capture restarted on %s", new.camera.source)
+        self.cfg = new
+        logger.info("reload: applied %s", new.source)
+
+    def _restart_publisher(self, new: Config) -> None:
+        old_pub = self.publisher
+        if old_pub is not None:
+            old_pub.stop()
+            old_pub.join(2.0)
+        previous = self.cfg
+        self.cfg = new
+        try:
+            self._start_publisher()
+        except EdgedError as e:
+            logger.error("reload: cannot publish with the new settings (%s); keeping the old", e)
+            self.cfg = previous
+            self._start_publisher()
+        assert self.worker is not None and self.publisher is not None
+        self.worker.set_output(self.publisher.submit, self.cfg.camera.name)
