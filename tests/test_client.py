@@ -1,0 +1,129 @@
+"""edged.client and `edged sub`: typed messages, CURVE, and malformed input from a real PUB."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+import zmq.auth
+
+from edged.client import DetMessage, StatusMessage, Subscriber
+from edged.media import SAMPLE_CLIP
+from tests.conftest import run_edged
+from tests.daemon_util import Daemon, free_port, write_config
+
+
+def _cfg(tmp: Path, port: int, **publish: object) -> Path:
+    return write_config(tmp / "c.yaml",
+                        camera={"name": "roof", "source": str(SAMPLE_CLIP)},
+                        publish={"endpoints": [f"tcp://127.0.0.1:{port}"], **publish})
+
+
+def _first(sub: Subscriber, kind: type, timeout_s: float) -> object | None:
+    deadline = time.monotonic() + timeout_s
+    while (left := deadline - time.monotonic()) > 0:
+        msg = sub.recv(left)
+        if isinstance(msg, kind):
+            return msg
+    return None
+
+
+def test_typed_iterator_and_sub_command(tmp_path: Path) -> None:
+    port = free_port()
+    with Daemon(tmp_path, _cfg(tmp_path, port)) as d:
+        ep = f"tcp://127.0.0.1:{port}"
+        with Subscriber([ep]) as sub:
+            det = _first(sub, DetMessage, 60)
+            st = _first(sub, StatusMessage, 10)
+        assert isinstance(det, DetMessage) and det.topic == "det/roof"
+        assert det.width == 1280 and det.backend == "cpu" and det.latency_ms["total"] > 0
+        assert isinstance(st, StatusMessage) and st.state == "running"
+        proc = run_edged("sub", ep, "--topic", "det/", "--count", "3", "--json", timeout=30)
+        assert proc.returncode == 0, proc.stderr
+        lines = [json.loads(ln) for ln in proc.stdout.splitlines()]
+        assert len(lines) == 3 and all(m["kind"] == "detections" for m in lines)
+        human = run_edged("sub", ep, "--topic", "status/", "--count", "1", timeout=30)
+        assert human.stdout.startswith("status/roof running on cpu")
+        assert d.stop()[0] == 0
+
+
+def test_sub_times_out_cleanly() -> None:
+    proc = run_edged("sub", f"tcp://127.0.0.1:{free_port()}", "--timeout", "0.5", timeout=30)
+    assert proc.returncode == 1 and "no message within 0.5 s" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_curve_only_authorized_clients(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    clients = tmp_path / "clients"
+    keys.mkdir()
+    clients.mkdir()
+    server_pub, server_sec = zmq.auth.create_certificates(str(keys), "server")
+    client_pub, client_sec = zmq.auth.create_certificates(str(keys), "client")
+    _, stranger_sec = zmq.auth.create_certificates(str(keys), "stranger")
+    Path(client_pub).rename(clients / "client.key")
+    port = free_port()
+    cfg = _cfg(tmp_path, port, curve={"server_secret_key": server_sec,
+                                      "authorized_keys_dir": str(clients)})
+    ep = f"tcp://127.0.0.1:{port}"
+    with Daemon(tmp_path, cfg) as d:
+        with Subscriber([ep], server_public_key=Path(server_pub),
+                        client_certificate=Path(client_sec)) as ok:
+            assert isinstance(_first(ok, DetMessage, 60), DetMessage)
+        with Subscriber([ep], server_public_key=Path(server_pub),
+                        client_certificate=Path(stranger_sec)) as stranger, \
+                Subscriber([ep]) as plain:
+            assert stranger.recv(2.0) is None
+            assert plain.recv(0.5) is None
+        proc = run_edged("sub", ep, "--server-key", server_pub, "--client-cert", client_sec,
+                         "--count", "1", "--json", timeout=30)
+        assert proc.returncode == 0 and json.loads(proc.stdout)["camera"] == "roof"
+        assert d.stop()[0] == 0
+
+
+GOOD = {"v": 1, "kind": "detections", "camera": "c", "seq": 0, "frame_seq": 0, "ts_ns": 1,
+        "frame": {"width": 10, "height": 10}, "model": "m", "backend": "cpu",
+        "latency_ms": {"preprocess": 1, "inference": 1, "postprocess": 1, "total": 3},
+        "detections": [{"class_id": 0, "label": "a", "score": 0.5, "box": [0, 0, 1, 1],
+                        "box_norm": [0, 0, 0.1, 0.1]}]}
+
+
+@pytest.mark.parametrize("bad", [
+    [b"det/c", b"not json"],
+    [b"det/c", b"\xff\xfe"],
+    [b"det/c", json.dumps({**GOOD, "v": 2}).encode()],
+    [b"det/c", json.dumps({k: v for k, v in GOOD.items() if k != "frame"}).encode()],
+    [b"det/c", json.dumps({**GOOD, "detections": [{"box": [1, 2]}]}).encode()],
+    [b"det/c", json.dumps({**GOOD, "kind": "gossip"}).encode()],
+    [b"det/c", json.dumps([1, 2, 3]).encode()],
+    [b"det/c", json.dumps(GOOD).encode(), b"extra frame"],
+    [b"det/c"],
+])
+def test_malformed_messages_are_skipped(bad: list[bytes]) -> None:
+    port = free_port()
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind(f"tcp://127.0.0.1:{port}")
+    try:
+        with Subscriber([f"tcp://127.0.0.1:{port}"], topics=["det/"]) as sub:
+            # the slow-joiner: publish good messages until one arrives, instead of sleeping
+            deadline = time.monotonic() + 10
+            got = None
+            while got is None and time.monotonic() < deadline:
+                pub.send_multipart([b"det/c", json.dumps(GOOD).encode()])
+                got = sub.recv(0.05)
+            assert isinstance(got, DetMessage)
+            while sub.recv(0.1) is not None:  # drain the extra good ones
+                pass
+            pub.send_multipart(bad)
+            pub.send_multipart([b"det/c", json.dumps({**GOOD, "seq": 99}).encode()])
+            after = sub.recv(5.0)
+        assert isinstance(after, DetMessage) and after.seq == 99
+        assert sub.malformed == 1
+    finally:
+        pub.close(linger=0)
+        ctx.term()
