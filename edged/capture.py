@@ -67,12 +67,20 @@ class LatestFrameSlot:
             self._frame = frame
             self._cond.notify()
 
+    def wait_taken(self, timeout_s: float) -> bool:
+        """Wait until the slot is empty (the last frame was taken); True if it is."""
+        with self._cond:
+            if self._frame is not None:
+                self._cond.wait_for(lambda: self._frame is None, timeout_s)
+            return self._frame is None
+
     def get(self, timeout_s: float) -> Frame | None:
         """The newest frame, waiting up to ``timeout_s``; None on timeout."""
         with self._cond:
             if self._frame is None:
                 self._cond.wait(timeout_s)
             frame, self._frame = self._frame, None
+            self._cond.notify_all()
             return frame
 
 
@@ -106,9 +114,10 @@ def _open(spec: SourceSpec) -> cv2.VideoCapture:
             cap.set(cv2.CAP_PROP_FRAME_HEIGHT, spec.height)
         return cap
     # A stalled network source makes read() fail after stall_timeout_s instead of hanging.
+    # One decoder thread: on a 2-core board the cores belong to inference.
     timeout_ms = int(spec.stall_timeout_s * 1000)
     params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, max(timeout_ms, 1000),
-              cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
+              cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_N_THREADS, 1]
     return cv2.VideoCapture(spec.source, cv2.CAP_FFMPEG, params)
 
 
@@ -179,11 +188,16 @@ class CaptureThread:
         is_file = classify_source(self.spec.source) == "file"
         fps = cap.get(cv2.CAP_PROP_FPS) if is_file else 0.0
         period = 1.0 / fps if is_file and self.spec.realtime and 0 < fps < 1000 else 0.0
+        # An unpaced file is not live: decode the next frame while inference runs on this one,
+        # then wait for the slot instead of decoding frames only to drop them.
+        backpressure = is_file and not self.spec.realtime
         min_gap = 1.0 / self.spec.fps_limit if self.spec.fps_limit else 0.0
         next_due = time.monotonic()
         last_put = 0.0
         rewound = False
         while not self._stop.is_set():
+            if backpressure and not self.slot.wait_taken(0.2):
+                continue
             ok, image = cap.read()
             now = time.monotonic()
             if not ok or image is None or image.size == 0:

@@ -37,7 +37,7 @@ def test_end_to_end_messages_schema_seq_birds_status(tmp_path: Path) -> None:
     with Daemon(tmp_path, cfg) as d, Listener(f"tcp://127.0.0.1:{port}") as sub:
         sub.wait_until(lambda m: m[0] == "det/balcony", 60, "the first det message")
         sub.poll_for(7.0)  # more than one pass of the 5.3 s clip
-        code, took = d.stop()
+        code, _ = d.stop()
         sub.poll_for(0.5)  # what was sent while stopping
     assert code == 0, d.stderr
     assert "Traceback" not in d.stderr
