@@ -48,6 +48,8 @@ class InferenceConfig:
     runtime: str = "auto"
     threads: int = 2
     cache_dir: Path | None = None
+    # An invoke running longer than this counts as hung: the systemd watchdog pings stop.
+    watchdog_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -223,7 +225,8 @@ def _inference(v: _V) -> InferenceConfig:
     cache = v.get_str("cache_dir", None)
     return InferenceConfig(delegate, options, v.get_bool("require_accelerator", False),
                            runtime or "auto", v.get_int("threads", 2, 1, 64) or 2,
-                           Path(cache) if cache else None)
+                           Path(cache) if cache else None,
+                           v.get_num("watchdog_timeout_s", 10.0, 0.1, 3600.0) or 10.0)
 
 
 def _detection(v: _V, labels: tuple[str, ...]) -> DetectionConfig:

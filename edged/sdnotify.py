@@ -1,40 +1,91 @@
-"""systemd's notify protocol: one datagram per state change to ``$NOTIFY_SOCKET``.
+"""systemd's notify protocol: READY/STATUS/WATCHDOG/EXTEND_TIMEOUT/RELOADING/STOPPING.
 
-A no-op when not started by systemd (no ``NOTIFY_SOCKET``). Uses the plain protocol, which is
-all systemd-python's ``daemon.notify`` does too.
+Uses systemd-python's ``systemd.daemon.notify`` when it is installed, else the plain protocol
+(one datagram to ``$NOTIFY_SOCKET``), which is all that function does too. A no-op when not
+started by systemd. The watchdog period is half of ``$WATCHDOG_USEC`` (when ``$WATCHDOG_PID``,
+if set, is us); *whether* to ping is the service's decision, from pipeline progress.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 logger = logging.getLogger(__name__)
 
 
+def _systemd_notify() -> Callable[[str], object] | None:
+    try:
+        daemon = importlib.import_module("systemd.daemon")
+    except ImportError:
+        return None
+    fn: Callable[[str], object] = daemon.notify
+    return fn
+
+
 class Notifier:
-    def __init__(self, address: str | None = None) -> None:
-        addr = address if address is not None else os.environ.get("NOTIFY_SOCKET", "")
+    def __init__(self, environ: dict[str, str] | None = None) -> None:
+        env = dict(os.environ) if environ is None else environ
+        addr = env.get("NOTIFY_SOCKET", "")
         if addr.startswith("@"):  # abstract namespace
             addr = "\0" + addr[1:]
         self._addr = addr or None
         self._sock: socket.socket | None = None
-        if self._addr:
+        self._lib = _systemd_notify() if self._addr else None
+        if self._addr and self._lib is None:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self.watchdog_period_s: float | None = None
+        usec = env.get("WATCHDOG_USEC", "")
+        pid = env.get("WATCHDOG_PID", "")
+        if usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
+            self.watchdog_period_s = int(usec) / 2e6
+        self._lock = threading.Lock()
 
     @property
     def enabled(self) -> bool:
-        return self._sock is not None
+        return self._addr is not None
 
     def notify(self, *fields: str) -> None:
         """Send ``KEY=VALUE`` lines in one datagram; never raises (systemd may be gone)."""
-        if self._sock is None or self._addr is None:
+        if self._addr is None:
             return
+        payload = "\n".join(fields)
+        with self._lock:
+            try:
+                if self._lib is not None:
+                    self._lib(payload)
+                elif self._sock is not None:
+                    self._sock.sendto(payload.encode(), self._addr)
+            except OSError as e:
+                logger.debug("sd_notify to %s failed: %s", self._addr, e)
+
+    @contextmanager
+    def extending_start_timeout(self, step_s: float = 10.0) -> Iterator[None]:
+        """While the body runs (an NPU graph compile can take minutes), keep asking systemd
+        for ``step_s`` more start time every ``step_s / 2`` seconds."""
+        if not self.enabled:
+            yield
+            return
+        done = threading.Event()
+
+        def pump() -> None:
+            while True:
+                self.notify(f"EXTEND_TIMEOUT_USEC={int(step_s * 1e6)}")
+                if done.wait(step_s / 2):
+                    return
+
+        t = threading.Thread(target=pump, name="edged-extend-timeout", daemon=True)
+        t.start()
         try:
-            self._sock.sendto("\n".join(fields).encode(), self._addr)
-        except OSError as e:
-            logger.debug("sd_notify to %s failed: %s", self._addr, e)
+            yield
+        finally:
+            done.set()
+            t.join(1.0)
 
     def close(self) -> None:
         if self._sock is not None:

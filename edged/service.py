@@ -5,6 +5,7 @@ capture; shutdown is the reverse, bounded in time."""
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -20,6 +21,7 @@ from edged.config import Config, default_config, load_config
 from edged.errors import EXIT_OK, EXIT_RUNTIME, EdgedError
 from edged.inference.engine import Engine, EngineConfig, open_engine
 from edged.inference.worker import InferenceWorker, detect_params
+from edged.log import CONTEXT
 from edged.messages import status_message
 from edged.publish import Publisher
 from edged.sdnotify import Notifier
@@ -28,6 +30,17 @@ from edged.stats import PipelineStats
 logger = logging.getLogger(__name__)
 
 STOP_BUDGET_S = 1.5  # all joins together, so SIGTERM → exit well within 2 s
+FAULT_ENV = "EDGED_TEST_FAULT"  # test-only: "hang_inference_after=N" (README, "Testing hooks")
+
+
+def _test_fault_hang_after() -> int | None:
+    raw = os.environ.get(FAULT_ENV, "")
+    key, _, value = raw.partition("=")
+    if key == "hang_inference_after" and value.isdigit():
+        logger.warning("%s=%s is set: inference will hang after %s frames", FAULT_ENV, raw,
+                       value)
+        return int(value)
+    return None
 
 
 def source_spec(cfg: Config) -> SourceSpec:
@@ -62,6 +75,8 @@ class Service:
         self._status_lock = threading.Lock()
         self._stop = threading.Event()
         self._reload = threading.Event()
+        self._hang_after = _test_fault_hang_after()
+        self._watchdog_starved = False
 
     # --- status -----------------------------------------------------------------------------
     def _set_state(self, state: str) -> None:
@@ -125,7 +140,10 @@ class Service:
         sys.setswitchinterval(0.0005)
         self._start_publisher()
         self._set_state("warming_up")
-        self.engine = open_engine(self.cfg.model, engine_config(self.cfg))
+        with self.notifier.extending_start_timeout():
+            self.engine = open_engine(self.cfg.model, engine_config(self.cfg))
+        CONTEXT.set(camera=self.cfg.camera.name, backend=self.engine.backend,
+                    model=self.engine.model_name)
         logger.info("model %s on %s via %s, warm-up %.0f ms", self.engine.model_name,
                     self.engine.backend, self.engine.runtime, self.engine.warmup_ms)
         assert self.publisher is not None
@@ -133,11 +151,27 @@ class Service:
             self.engine, self.slot,
             detect_params(self.cfg.detection, self.engine.detector.spec.labels),
             self.publisher.submit, self.stats, self.cfg.camera.name,
-            self.cfg.publish.empty_frames)
+            self.cfg.publish.empty_frames, self._hang_after)
         self.worker.start()
         self._start_capture()
         self._set_state("running")
-        self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
+        self.notifier.notify("READY=1", f"STATUS={self.status_line()} "
+                                        f"(warm-up {self.engine.warmup_ms:.0f} ms)")
+
+    def healthy(self, now: float) -> bool:
+        """Should systemd's watchdog be fed? No when inference is stuck inside one frame; yes
+        when it merely has no frames (a camera being reconnected)."""
+        w = self.worker
+        if w is None or not w.is_alive():
+            return False
+        busy = w.busy_since_mono
+        stuck = busy is not None and now - busy > self.cfg.inference.watchdog_timeout_s
+        if stuck and not self._watchdog_starved:
+            logger.error("inference has not completed a frame for %.1f s (limit %.1f s): "
+                         "no longer feeding the systemd watchdog", now - (busy or now),
+                         self.cfg.inference.watchdog_timeout_s)
+        self._watchdog_starved = stuck
+        return not stuck
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -151,7 +185,18 @@ class Service:
         code = EXIT_OK
         try:
             self.start()
+            period = self.notifier.watchdog_period_s
+            next_ping = time.monotonic()
+            next_status = time.monotonic() + self.cfg.publish.status_interval_s
             while not self._stop.wait(0.1):
+                now = time.monotonic()
+                if period is not None and now >= next_ping:
+                    if self.healthy(now):
+                        self.notifier.notify("WATCHDOG=1")
+                    next_ping = now + period
+                if now >= next_status:
+                    self.notifier.notify(f"STATUS={self.status_line()}")
+                    next_status = now + self.cfg.publish.status_interval_s
                 if self._reload.is_set():
                     self._reload.clear()
                     self.reload()
@@ -199,22 +244,26 @@ class Service:
 
     # --- SIGHUP -----------------------------------------------------------------------------
     def reload(self) -> None:
-        try:
-            new = load_config(self.config_path) if self.config_path else default_config()
-        except EdgedError as e:
-            logger.error("reload rejected, the running configuration stays: %s", e)
-            return
-        old = self.cfg
-        if new == old:
-            logger.info("reload: configuration unchanged")
-            return
+        """SIGHUP. systemd sees RELOADING=1 ... READY=1 around every reload, even a rejected
+        or a no-op one."""
         self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
-        previous_state = self.state
-        self._set_state("reloading")
         try:
-            self._apply(old, new)
+            try:
+                new = load_config(self.config_path) if self.config_path else default_config()
+            except EdgedError as e:
+                logger.error("reload rejected, the running configuration stays: %s", e)
+                return
+            old = self.cfg
+            if new == old:
+                logger.info("reload: configuration unchanged")
+                return
+            previous_state = self.state
+            self._set_state("reloading")
+            try:
+                self._apply(old, new)
+            finally:
+                self._set_state(previous_state if previous_state != "reloading" else "running")
         finally:
-            self._set_state(previous_state if previous_state != "reloading" else "running")
             self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
 
     def _apply(self, old: Config, new: Config) -> None:
@@ -230,6 +279,8 @@ class Service:
                 self.worker.set_engine(engine)
                 self.engine = engine
                 logger.info("reload: model %s on %s", engine.model_name, engine.backend)
+        CONTEXT.set(camera=new.camera.name, backend=self.engine.backend,
+                    model=self.engine.model_name)
         labels = self.engine.detector.spec.labels
         self.worker.set_params(detect_params(new.detection, labels), new.publish.empty_frames)
         if new.camera != old.camera or new.publish != old.publish:

@@ -37,7 +37,7 @@ def detect_params(cfg: DetectionConfig, labels: Sequence[str]) -> DetectParams:
 class InferenceWorker:
     def __init__(self, engine: Engine, slot: LatestFrameSlot, params: DetectParams,
                  publish: Callable[[dict[str, Any]], None], stats: PipelineStats, camera: str,
-                 empty_frames: bool = True) -> None:
+                 empty_frames: bool = True, hang_after: int | None = None) -> None:
         self._engine = engine
         self._params = params
         self._slot = slot
@@ -50,7 +50,9 @@ class InferenceWorker:
         self._thread = threading.Thread(target=self._run, name="edged-inference")
         self._seq = 0
         self.last_invoke_mono = time.monotonic()  # progress, for the systemd watchdog
+        self.busy_since_mono: float | None = None  # set while a frame is being processed
         self.error: BaseException | None = None
+        self._hang_after = hang_after  # test-only fault: block forever after N frames
 
     @property
     def engine(self) -> Engine:
@@ -93,6 +95,11 @@ class InferenceWorker:
                     engine, params, empty = self._engine, self._params, self._empty_frames
                     publish, camera = self._publish, self._camera
                 det = engine.detector
+                self.busy_since_mono = time.monotonic()
+                if self._hang_after is not None and self._stats.frames_out >= self._hang_after:
+                    logger.warning("test fault: inference hangs now (EDGED_TEST_FAULT)")
+                    self._stop.wait()  # a stuck NPU driver, but one SIGTERM can still end
+                    break
                 t0 = time.perf_counter()
                 geom = det.preprocess(frame.image)
                 t1 = time.perf_counter()
@@ -101,6 +108,7 @@ class InferenceWorker:
                 dets = det.postprocess(geom, params)
                 t3 = time.perf_counter()
                 self.last_invoke_mono = time.monotonic()
+                self.busy_since_mono = None
                 lat = {"preprocess": round((t1 - t0) * 1e3, 3),
                        "inference": round((t2 - t1) * 1e3, 3),
                        "postprocess": round((t3 - t2) * 1e3, 3),
