@@ -50,6 +50,10 @@ class InferenceConfig:
     cache_dir: Path | None = None
     # An invoke running longer than this counts as hung: the systemd watchdog pings stop.
     watchdog_timeout_s: float = 10.0
+    # Try an NPU/external delegate in a child process before loading it: a delegate that
+    # crashes or hangs in its warm-up then costs a CPU fallback instead of the daemon.
+    probe_delegate: bool = True
+    probe_timeout_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -226,7 +230,9 @@ def _inference(v: _V) -> InferenceConfig:
     return InferenceConfig(delegate, options, v.get_bool("require_accelerator", False),
                            runtime or "auto", v.get_int("threads", 2, 1, 64) or 2,
                            Path(cache) if cache else None,
-                           v.get_num("watchdog_timeout_s", 10.0, 0.1, 3600.0) or 10.0)
+                           v.get_num("watchdog_timeout_s", 10.0, 0.1, 3600.0) or 10.0,
+                           v.get_bool("probe_delegate", True),
+                           v.get_num("probe_timeout_s", 300.0, 1.0, 7200.0) or 300.0)
 
 
 def _detection(v: _V, labels: tuple[str, ...]) -> DetectionConfig:

@@ -53,7 +53,14 @@ def engine_config(cfg: Config) -> EngineConfig:
     i = cfg.inference
     return EngineConfig(delegate=i.delegate, delegate_options=i.delegate_options,
                         require_accelerator=i.require_accelerator, runtime=i.runtime,
-                        num_threads=i.threads, cache_dir=i.cache_dir)
+                        num_threads=i.threads, cache_dir=i.cache_dir,
+                        probe=i.probe_delegate, probe_timeout_s=i.probe_timeout_s)
+
+
+class StartupInterrupted(BaseException):
+    """SIGTERM/SIGINT arrived while starting (e.g. during a long NPU warm-up): abandon the
+    start. A BaseException so no ``except Exception`` on the way swallows it; a probe child
+    process is killed by subprocess.run on the way out."""
 
 
 class Service:
@@ -184,7 +191,11 @@ class Service:
         handlers = self._install_signals()
         code = EXIT_OK
         try:
-            self.start()
+            try:
+                self.start()
+            except StartupInterrupted:
+                logger.info("stopped while starting")
+                return code
             period = self.notifier.watchdog_period_s
             next_ping = time.monotonic()
             next_status = time.monotonic() + self.cfg.publish.status_interval_s
@@ -216,6 +227,8 @@ class Service:
 
         def on_stop(signum: int, frame: FrameType | None) -> None:
             self._stop.set()
+            if self.state in ("starting", "warming_up"):
+                raise StartupInterrupted
 
         def on_hup(signum: int, frame: FrameType | None) -> None:
             self._reload.set()

@@ -23,6 +23,7 @@ import numpy as np
 from edged import sidecar
 from edged.errors import EXIT_NO_ACCELERATOR, EdgedError, ModelError, UsageError
 from edged.inference.detector import Detector
+from edged.inference.probe import probe_in_child
 from edged.inference.runtime import Runtime, load_runtime
 from edged.platform import IMX8MP, IMX93, Soc, detect_soc
 
@@ -52,6 +53,9 @@ class EngineConfig:
     ethosu_device: str = "/dev/ethosu0"
     sysfs_root: Path = Path("/")
     warmup: bool = True
+    # Try an accelerator delegate in a child process first (crash/hang -> fallback, not death).
+    probe: bool = False
+    probe_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
         if self.delegate not in BUILTIN_DELEGATES and "/" not in self.delegate \
@@ -164,6 +168,11 @@ def _try_accelerator(att: _Attempt, spec: sidecar.ModelSpec, runtime: Runtime,
     if os.path.isabs(att.library) and not os.path.exists(att.library):
         # checked first: load_delegate on a missing file also spews a __del__ traceback
         return None, f"delegate library {att.library} not found", 0.0
+    if cfg.probe:
+        why = probe_in_child(runtime.name, att.library, att.options, model, cfg.num_threads,
+                             cfg.probe_timeout_s)
+        if why is not None:
+            return None, why, 0.0
     try:
         delegate = runtime.load_delegate(att.library, att.options)
     except (OSError, ValueError, AttributeError, RuntimeError) as e:

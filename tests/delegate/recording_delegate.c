@@ -6,12 +6,16 @@
  * Options:  record_file=PATH  append "key=value" lines, then "prepare" per Prepare() call
  *           fail=create       return NULL from create (load_delegate raises ValueError)
  *           fail=prepare      return an error from Prepare (the interpreter refuses it)
+ *           fail=crash        SIGSEGV in Prepare (a broken vendor driver)
+ *           fail=hang         block forever in Prepare (a wedged NPU)
  *           any other key     recorded only
  *
  * Build: gcc -shared -fPIC -O2 -o librecording_delegate.so recording_delegate.c
  * No TFLite headers needed: the structs below mirror tensorflow/lite/core/c/common.h.
  */
+#include <signal.h>
 #include <stdint.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +40,8 @@ typedef struct TfLiteDelegate {
 typedef struct {
   char record_file[4096];
   int fail_prepare;
+  int crash;
+  int hang;
 } State;
 
 static void record_line(const State *s, const char *line) {
@@ -50,6 +56,8 @@ static TfLiteStatus prepare(TfLiteContext *context, TfLiteDelegate *delegate) {
   (void)context;
   State *s = (State *)delegate->data_;
   record_line(s, "prepare");
+  if (s->crash) raise(SIGSEGV);
+  while (s->hang) pause();
   return s->fail_prepare ? kTfLiteError : kTfLiteOk; /* claims no nodes */
 }
 
@@ -64,6 +72,8 @@ TfLiteDelegate *tflite_plugin_create_delegate(char **keys, char **values, size_t
     if (strcmp(keys[i], "fail") == 0) {
       fail_create = strcmp(values[i], "create") == 0;
       s->fail_prepare = strcmp(values[i], "prepare") == 0;
+      s->crash = strcmp(values[i], "crash") == 0;
+      s->hang = strcmp(values[i], "hang") == 0;
     }
   }
   for (size_t i = 0; i < n; i++) {
