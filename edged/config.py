@@ -357,4 +357,8 @@ def load_config(path: Path) -> Config:
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or "syntax error"
         raise ConfigError(f"{path}: not valid YAML{at}: {problem}") from e
+    if data is None:
+        # Never "all defaults": an empty file is a mistake or a half-written edit (a SIGHUP
+        # arriving between truncate and write), and the defaults would rebind the socket.
+        raise ConfigError(f"{path}: the file is empty (run without --config for the defaults)")
     return parse_config(data, str(path))

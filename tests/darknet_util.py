@@ -55,3 +55,18 @@ def tflite_outputs(model: Path, batch: np.ndarray) -> dict[tuple[int, ...], np.n
 def relative_error(got: np.ndarray, ref: np.ndarray) -> float:
     """max |got - ref| / max |ref|: error relative to the tensor's own scale."""
     return float(np.abs(got.astype(np.float64) - ref).max() / np.abs(ref).max())
+
+
+def random_float_export(cfg: Path, tmp: Path, seed: int) -> tuple[DarknetNet, Path, Path, Path]:
+    """Export ``cfg`` with random weights, float32 only: (net, weights, float model, sidecar)."""
+    from edged.export.darknet import parse_cfg
+    from edged.export.pipeline import ExportRequest, export_darknet
+
+    net = parse_cfg(cfg)
+    weights = tmp / "random.weights"
+    write_random_weights(weights, net, seed=seed)
+    names = tmp / "random.names"
+    names.write_text("".join(f"class{i}\n" for i in range(net.classes)))
+    res = export_darknet(ExportRequest(cfg=cfg, weights=weights, names=names, out_dir=tmp,
+                                       float_only=True))
+    return net, weights, res.float_path, res.sidecar_path

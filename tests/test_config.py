@@ -109,6 +109,13 @@ def test_yaml_syntax_error_and_missing_file(tmp_path: Path) -> None:
     assert "cannot read config" in one_line_error(proc)
 
 
+def test_empty_config_file_is_an_error(tmp_path: Path) -> None:
+    """Not "all defaults": a half-written file read by a SIGHUP would rebind the socket."""
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# only a comment\n")
+    assert "the file is empty" in one_line_error(run_edged("check-config", str(empty)))
+
+
 def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
     f = tmp_path / "list.yaml"
     f.write_text("- a\n- b\n")

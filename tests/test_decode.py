@@ -12,10 +12,8 @@ import pytest
 
 from edged.decode import decode_anchor_free, decode_region, decode_yolo
 from edged.export.assets import Assets
-from edged.export.darknet import parse_cfg
-from edged.export.pipeline import ExportRequest, export_darknet
 from tests.conftest import DATA
-from tests.darknet_util import input_batch, tflite_outputs, write_random_weights
+from tests.darknet_util import input_batch, random_float_export, tflite_outputs
 
 NET = (416, 416)
 ANCHORS = np.array([[10, 14], [23, 27], [37, 58]], np.float32)
@@ -156,16 +154,10 @@ def test_decoders_match_opencv_layers(cfg_name: str, layer: str | None, assets: 
                                       tmp_path: Path) -> None:
     """OpenCV's region/yolo layers decode the same raw tensors as ours (random weights)."""
     cfg = DATA / cfg_name
-    net = parse_cfg(cfg)
-    weights = tmp_path / "w.weights"
-    write_random_weights(weights, net, seed=11)
-    names = tmp_path / "n.names"
-    names.write_text("".join(f"c{i}\n" for i in range(net.classes)))
-    res = export_darknet(ExportRequest(cfg=cfg, weights=weights, names=names, out_dir=tmp_path,
-                                       float_only=True))
+    net, weights, float_path, _ = random_float_export(cfg, tmp_path, seed=11)
     img = cv2.imread(str(sorted(assets.holdout.iterdir())[0]))
     batch = input_batch(img, net.width, net.height)
-    ours = tflite_outputs(res.float_path, batch)
+    ours = tflite_outputs(float_path, batch)
     cvnet = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
     cvnet.setInput(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)))
     names_out = [layer] if layer else list(cvnet.getUnconnectedOutLayersNames())

@@ -21,6 +21,7 @@ from tests.conftest import DATA
 from tests.darknet_util import (
     input_batch,
     opencv_heads,
+    random_float_export,
     relative_error,
     tflite_outputs,
     write_random_weights,
@@ -59,19 +60,12 @@ def test_float_yolov3_tiny_heads_match_opencv_darknet(assets: Assets,
 def test_random_weight_structures_match_opencv(cfg_name: str, expect_head: str, assets: Assets,
                                                 tmp_path: Path) -> None:
     cfg = DATA / cfg_name
-    net = parse_cfg(cfg)
-    weights = tmp_path / "random.weights"
-    write_random_weights(weights, net, seed=7)
-    names = tmp_path / "names.txt"
-    names.write_text("".join(f"class{i}\n" for i in range(net.classes)))
-    res = export_darknet(ExportRequest(cfg=cfg, weights=weights, names=names, out_dir=tmp_path,
-                                       float_only=True))
-    spec = sidecar.load(res.sidecar_path)
-    assert spec.head.type == expect_head
+    net, weights, float_path, sidecar_path = random_float_export(cfg, tmp_path, seed=7)
+    assert sidecar.load(sidecar_path).head.type == expect_head
     convs = [h.in_layer for h in net.heads]
     for img in _images(assets, 3):
         batch = input_batch(img, net.width, net.height)
-        got = tflite_outputs(res.float_path, batch)
+        got = tflite_outputs(float_path, batch)
         refs = opencv_heads(cfg, weights, batch, convs)
         for ref in refs:
             err = relative_error(got[ref.shape], ref)

@@ -236,10 +236,11 @@ def test_sighup_storm(tmp_path: Path) -> None:
     with Daemon(tmp_path, cfg) as d, Listener(f"tcp://127.0.0.1:{port}") as sub:
         sub.wait_until(_running, 60, "running")
         for i in range(50):
-            if i % 10 == 5:
-                cfg.write_text("camera: [broken\n")
-            else:
-                cfg.write_text(good + f"detection: {{conf_threshold: {0.2 + i / 1000:.3f}}}\n")
+            text = "camera: [broken\n" if i % 10 == 5 else \
+                good + f"detection: {{conf_threshold: {0.2 + i / 1000:.3f}}}\n"
+            tmp = cfg.with_suffix(".tmp")  # written whole, then renamed, as editors do
+            tmp.write_text(text)
+            os.replace(tmp, cfg)
             d.signal(signal.SIGHUP)
             time.sleep(0.02)
         sub.poll_for(4.0)
