@@ -218,6 +218,14 @@ def test_install_script_into_a_temp_root(tmp_path: Path) -> None:
     assert "u edged" in sysusers and "m edged video" in sysusers
     assert yaml.safe_load((root / "etc/edged/config.yaml").read_text())["inference"][
         "cache_dir"] == "/var/cache/edged"
+    # a real (non-editable) install carries every subpackage and its data files
+    site = next((root / "opt/edged/lib").glob("python3*/site-packages/edged"))
+    for sub in ("export", "inference", "models", "media", "schema"):
+        assert (site / sub / "__init__.py").is_file(), sub
+    for data in ("models/yolov3-tiny-416.yaml", "models/yolov3-tiny-416_int8.tflite",
+                 "models/yolov3-tiny-416_int8_vela.tflite", "media/bigbuckbunny.mp4",
+                 "schema/messages.schema.json"):
+        assert (site / data).is_file(), data
     # the staged package itself runs (with the interpreter inside the staged venv)
     run = subprocess.run([str(root / "opt/edged/bin/python"), "-c",
                           "import edged, edged.cli; print(edged.__version__)"],

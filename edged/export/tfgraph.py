@@ -134,11 +134,6 @@ def build_forward(net: DarknetNet, params: dict[int, ConvParams],
     return tf.function(forward, input_signature=[spec], autograph=False)
 
 
-def run_float(forward: Any, batch: np.ndarray) -> list[np.ndarray]:
-    """Run the TF graph itself (used by tests to separate export from conversion errors)."""
-    return [np.asarray(t) for t in forward(batch)]
-
-
 def convert(forward: Any, quantize: bool = False, per_tensor: bool = False,
             representative: Callable[[], Iterable[list[np.ndarray]]] | None = None,
             input_type: str = "uint8") -> bytes:

@@ -1,0 +1,1 @@
+"""Tooling: darknet → TFLite export (TensorFlow and Vela are imported lazily, only here)."""
