@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from edged.errors import ConfigError
+from edged.stage import StageThread
 
 logger = logging.getLogger(__name__)
 
@@ -121,33 +122,22 @@ def _open(spec: SourceSpec) -> cv2.VideoCapture:
     return cv2.VideoCapture(spec.source, cv2.CAP_FFMPEG, params)
 
 
-class CaptureThread:
+class CaptureThread(StageThread):
     """Owns the VideoCapture; fills ``slot``; calls ``on_state(up: bool, reason)`` on changes."""
 
     def __init__(self, spec: SourceSpec, slot: LatestFrameSlot,
                  on_state: Callable[[bool, str], None]) -> None:
-        self.spec = spec
-        self.slot = slot
-        self._on_state = on_state
-        self._stop = threading.Event()
         # A daemon thread, against our own rule, for one reason: a read() blocked inside FFmpeg
         # or V4L2 cannot be interrupted, and must not hold the process past a 2 s SIGTERM stop.
         # The capture is released by this thread itself on every normal exit path.
-        self._thread = threading.Thread(target=self._run, name="edged-capture", daemon=True)
+        super().__init__("edged-capture", daemon=True)
+        self.spec = spec
+        self.slot = slot
+        self._on_state = on_state
         self.frames = 0  # frames put into the slot
         self.reconnects = 0
         self._seq = 0
         self._up: bool | None = None
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def join(self, timeout_s: float) -> bool:
-        self._thread.join(timeout_s)
-        return not self._thread.is_alive()
 
     def _state(self, up: bool, reason: str) -> None:
         if up != self._up:

@@ -13,7 +13,6 @@ import logging
 import os
 import queue
 import socket
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +25,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from edged.config import PublishConfig
 from edged.errors import ConfigError, EdgedError
 from edged.messages import encode, topic
+from edged.stage import StageThread
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +59,10 @@ def _check_ipc_path(path: str, where: str) -> None:
                        "running?); stop it or choose another path")
 
 
-class Publisher:
+class Publisher(StageThread):
     def __init__(self, cfg: PublishConfig, camera: str,
                  status_fn: Callable[[], dict[str, Any]]) -> None:
+        super().__init__("edged-publish")
         self.cfg = cfg
         self.camera = camera
         self._status_fn = status_fn
@@ -69,8 +70,6 @@ class Publisher:
         self._status_topic = topic("status", camera)
         self._queue: queue.Queue[dict[str, Any]] = queue.Queue(QUEUE_SIZE)
         self._status_queue: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="edged-publish")
         self._ctx = zmq.Context()
         self._sock: zmq.Socket[bytes] | None = None
         self._auth: ThreadAuthenticator | None = None
@@ -147,7 +146,7 @@ class Publisher:
     def start(self) -> None:
         if self._sock is None:
             raise EdgedError("Publisher.start() before bind()")
-        self._thread.start()
+        super().start()
 
     def _send(self, t: bytes, message: dict[str, Any]) -> None:
         assert self._sock is not None
@@ -186,16 +185,11 @@ class Publisher:
         self._sock.close(linger=self.cfg.linger_ms)
         self._sock = None
 
-    def stop(self) -> None:
-        self._stop.set()
-
     def join(self, timeout_s: float) -> bool:
-        if self._thread.is_alive():
-            self._thread.join(timeout_s)
-        alive = self._thread.is_alive()
-        if not alive:
+        ended = super().join(timeout_s)
+        if ended:
             self._close_context()
-        return not alive
+        return ended
 
     def _close_context(self) -> None:
         if self._auth is not None:

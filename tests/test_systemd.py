@@ -44,13 +44,15 @@ class FakeSystemd:
             fields = dict(line.split("=", 1) for line in data.decode().splitlines())
             self.datagrams.append((time.monotonic(), fields))
 
-    def wait_for(self, key: str, value: str | None, timeout_s: float) -> float:
-        start = len(self.datagrams)
+    def wait_for(self, key: str, value: str | None, timeout_s: float,
+                 after: float | None = None) -> float:
+        """Time of the first matching datagram received after ``after`` (default: now)."""
+        since = time.monotonic() if after is None else after
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self.pump(0.05)
-            for t, f in self.datagrams[start:]:
-                if key in f and (value is None or f[key] == value):
+            for t, f in self.datagrams:
+                if t >= since and key in f and (value is None or f[key] == value):
                     return t
         raise AssertionError(f"no {key}={value} within {timeout_s} s: {self.datagrams[-5:]}")
 
@@ -91,8 +93,8 @@ def test_notify_protocol_ready_watchdog_status_reload_stop(tmp_path: Path) -> No
             cfg.write_text(cfg.read_text().replace("name: cam", "name: cam2"))
             mark = time.monotonic()
             d.signal(signal.SIGHUP)
-            reloading = sd.wait_for("RELOADING", "1", 10)
-            again = sd.wait_for("READY", "1", 20)
+            reloading = sd.wait_for("RELOADING", "1", 10, after=mark)
+            again = sd.wait_for("READY", "1", 20, after=reloading)
             assert mark <= reloading <= again
             assert any("MONOTONIC_USEC" in f for t, f in sd.datagrams if t == reloading)
             mark = time.monotonic()

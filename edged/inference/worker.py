@@ -17,6 +17,7 @@ from edged.config import DetectionConfig
 from edged.inference.detector import DetectParams
 from edged.inference.engine import Engine
 from edged.messages import det_message, detection_dicts
+from edged.stage import StageThread
 from edged.stats import PipelineStats
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ def detect_params(cfg: DetectionConfig, labels: Sequence[str]) -> DetectParams:
         min_box_area=cfg.min_box_area)
 
 
-class InferenceWorker:
+class InferenceWorker(StageThread):
     def __init__(self, engine: Engine, slot: LatestFrameSlot, params: DetectParams,
                  publish: Callable[[dict[str, Any]], None], stats: PipelineStats, camera: str,
                  empty_frames: bool = True, hang_after: int | None = None) -> None:
@@ -45,9 +46,8 @@ class InferenceWorker:
         self._stats = stats
         self._camera = camera
         self._empty_frames = empty_frames
+        super().__init__("edged-inference")
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="edged-inference")
         self._seq = 0
         self.last_invoke_mono = time.monotonic()  # progress, for the systemd watchdog
         self.busy_since_mono: float | None = None  # set while a frame is being processed
@@ -71,19 +71,6 @@ class InferenceWorker:
         with self._lock:
             self._publish = publish
             self._camera = camera
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def join(self, timeout_s: float) -> bool:
-        self._thread.join(timeout_s)
-        return not self._thread.is_alive()
-
-    def is_alive(self) -> bool:
-        return self._thread.is_alive()
 
     def _run(self) -> None:
         try:
