@@ -28,7 +28,6 @@ def detection_dicts(dets: Detections, labels: Sequence[str], width: int,
 
 
 SCHEMA_VERSION = 1
-STATES = ("starting", "warming_up", "running", "source_down", "stopping", "reloading")
 
 
 def topic(kind: str, camera: str) -> bytes:

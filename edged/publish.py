@@ -74,8 +74,6 @@ class Publisher(StageThread):
         self._sock: zmq.Socket[bytes] | None = None
         self._auth: ThreadAuthenticator | None = None
         self.dropped = 0  # det messages dropped because our queue was full
-        self.sent_det = 0
-        self.sent_status = 0
 
     # --- setup, in the caller's thread before start() --------------------------------------
     def bind(self) -> None:
@@ -155,7 +153,6 @@ class Publisher(StageThread):
 
     def _send_status(self, message: dict[str, Any] | None = None) -> None:
         self._send(self._status_topic, message if message is not None else self._status_fn())
-        self.sent_status += 1
 
     def _run(self) -> None:
         interval = self.cfg.status_interval_s
@@ -177,7 +174,6 @@ class Publisher(StageThread):
             except queue.Empty:
                 continue
             self._send(self._det_topic, msg)
-            self.sent_det += 1
         while not self._status_queue.empty():
             self._send_status(self._status_queue.get_nowait())
         self._send_status()  # the final state (stopping) for late listeners

@@ -190,12 +190,3 @@ class Detector:
         self.invoke()
         return self.postprocess(geom, params)
 
-
-def open_detector(sidecar_path: Path, variant: str = "cpu", num_threads: int = 2,
-                  runtime: Runtime | None = None) -> Detector:
-    spec = sidecar.load(sidecar_path)
-    path = spec.variant_path(variant)
-    if path is None:
-        raise ModelError(
-            f"{sidecar_path}: no '{variant}' variant (variants: {sorted(spec.variants)})")
-    return Detector(spec, path, num_threads, runtime)

@@ -79,7 +79,6 @@ class _Attempt:
 class Engine:
     detector: Detector
     backend: str  # what actually runs: vx | ethosu | external | cpu
-    requested: str  # what the config asked for
     runtime: str
     soc: Soc
     fallback_reason: str | None = None
@@ -202,7 +201,7 @@ def open_engine(sidecar_path: Path, cfg: EngineConfig) -> Engine:
         logger.info("trying %s backend on %s with %s", att.backend, soc.describe(), runtime.name)
         det, reason, ms = _try_accelerator(att, spec, runtime, cfg)
         if det is not None:
-            return Engine(det, att.backend, cfg.delegate, runtime.name, soc, None, ms)
+            return Engine(det, att.backend, runtime.name, soc, None, ms)
         if cfg.require_accelerator:
             raise AcceleratorUnavailable(f"accelerator required but unavailable: {reason}")
         logger.warning("falling back to the CPU: %s", reason)
@@ -214,4 +213,4 @@ def open_engine(sidecar_path: Path, cfg: EngineConfig) -> Engine:
     assert cpu is not None  # the sidecar loader requires variants.cpu
     det = Detector(spec, cpu, cfg.num_threads, runtime)
     ms = _warm_up(det) if cfg.warmup else 0.0
-    return Engine(det, "cpu", cfg.delegate, runtime.name, soc, reason, ms)
+    return Engine(det, "cpu", runtime.name, soc, reason, ms)

@@ -49,8 +49,7 @@ class InferenceWorker(StageThread):
         super().__init__("edged-inference")
         self._lock = threading.Lock()
         self._seq = 0
-        self.last_invoke_mono = time.monotonic()  # progress, for the systemd watchdog
-        self.busy_since_mono: float | None = None  # set while a frame is being processed
+        self.busy_since_mono: float | None = None  # set while a frame is processed (watchdog)
         self.error: BaseException | None = None
         self._hang_after = hang_after  # test-only fault: block forever after N frames
 
@@ -94,7 +93,6 @@ class InferenceWorker(StageThread):
                 t2 = time.perf_counter()
                 dets = det.postprocess(geom, params)
                 t3 = time.perf_counter()
-                self.last_invoke_mono = time.monotonic()
                 self.busy_since_mono = None
                 lat = {"preprocess": round((t1 - t0) * 1e3, 3),
                        "inference": round((t2 - t1) * 1e3, 3),
