@@ -28,7 +28,7 @@ _URL_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://
 def classify_source(source: str) -> str:
     """``v4l2`` | ``gstreamer`` | ``url`` | ``file``."""
     s = source.strip()
-    if s.isdigit() or s.startswith("/dev/video"):
+    if (s.isascii() and s.isdigit()) or s.startswith("/dev/video"):
         return "v4l2"
     if s.startswith("gst:") or " ! " in s:
         return "gstreamer"
@@ -108,7 +108,8 @@ def _open(spec: SourceSpec) -> cv2.VideoCapture:
         pipeline = spec.source[4:].strip() if spec.source.startswith("gst:") else spec.source
         return cv2.VideoCapture(pipeline, cv2.CAP_GSTREAMER)
     if kind == "v4l2":
-        dev: int | str = int(spec.source) if spec.source.isdigit() else spec.source
+        index = spec.source.isascii() and spec.source.isdigit()
+        dev: int | str = int(spec.source) if index else spec.source
         cap = cv2.VideoCapture(dev, cv2.CAP_V4L2)
         if spec.width and spec.height:
             cap.set(cv2.CAP_PROP_FRAME_WIDTH, spec.width)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,10 +73,30 @@ class MalformedMessage(ValueError):
     pass
 
 
+# What a hostile or broken publisher can put in a payload and Python's json/int/float raise
+# for it: bad JSON and 5000-digit integers (ValueError), nesting deeper than the interpreter's
+# stack (RecursionError), 1e999 turned into an int (OverflowError).
+_DECODE_ERRORS = (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError)
+MAX_MESSAGE_BYTES = 16 << 20  # larger frames are dropped by ZeroMQ before they reach Python
+
+
+def _num(v: Any) -> float:
+    f = float(v)
+    if not math.isfinite(f):
+        raise MalformedMessage(f"expected a finite number, got {f}")
+    return f
+
+
+def _opt_str(v: Any) -> str | None:
+    if v is not None and not isinstance(v, str):
+        raise MalformedMessage(f"expected a string or null, got {type(v).__name__}")
+    return v
+
+
 def _box(v: Any) -> tuple[float, float, float, float]:
     if not isinstance(v, list) or len(v) != 4:
-        raise MalformedMessage(f"box must be 4 numbers, got {v!r}")
-    a, b, c, d = (float(x) for x in v)
+        raise MalformedMessage(f"box must be 4 numbers, got {type(v).__name__}")
+    a, b, c, d = (_num(x) for x in v)
     return a, b, c, d
 
 
@@ -86,29 +107,32 @@ def parse(frames: Sequence[bytes]) -> Message:
     try:
         topic = frames[0].decode()
         data = json.loads(frames[1])
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MalformedMessage(f"not UTF-8 JSON: {e}") from e
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError, JSONDecodeError, digits
+        raise MalformedMessage(f"not UTF-8 JSON: {type(e).__name__}") from e
     if not isinstance(data, dict) or data.get("v") != 1:
         raise MalformedMessage("not a version-1 edged message")
     try:
         if data["kind"] == "detections":
-            dets = tuple(Detection(int(d["class_id"]), str(d["label"]), float(d["score"]),
+            dets = tuple(Detection(int(d["class_id"]), str(d["label"]), _num(d["score"]),
                                    _box(d["box"]), _box(d["box_norm"]))
                          for d in data["detections"])
             return DetMessage(topic, str(data["camera"]), int(data["seq"]),
                               int(data["frame_seq"]), int(data["ts_ns"]),
                               int(data["frame"]["width"]), int(data["frame"]["height"]),
                               str(data["model"]), str(data["backend"]),
-                              {str(k): float(v) for k, v in data["latency_ms"].items()}, dets,
+                              {str(k): _num(v) for k, v in data["latency_ms"].items()}, dets,
                               data)
         if data["kind"] == "status":
             return StatusMessage(topic, str(data["camera"]), int(data["seq"]),
                                  str(data["state"]), str(data["backend"]),
-                                 data.get("fallback_reason"), float(data["fps_in"]),
-                                 float(data["fps_out"]), int(data["frames_dropped"]), data)
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise MalformedMessage(f"missing or bad field: {e}") from e
-    raise MalformedMessage(f"unknown kind {data.get('kind')!r}")
+                                 _opt_str(data.get("fallback_reason")), _num(data["fps_in"]),
+                                 _num(data["fps_out"]), int(data["frames_dropped"]), data)
+    except MalformedMessage:
+        raise
+    except _DECODE_ERRORS as e:
+        raise MalformedMessage(f"missing or bad field: {type(e).__name__}") from e
+    kind = data.get("kind")
+    raise MalformedMessage(f"unknown kind {kind[:40] if isinstance(kind, str) else type(kind)}")
 
 
 class Subscriber:
@@ -121,6 +145,7 @@ class Subscriber:
         self._sock: zmq.Socket[bytes] = self._ctx.socket(zmq.SUB)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.RCVHWM, rcvhwm)
+        self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         if server_public_key is not None:
             if isinstance(server_public_key, Path):
                 server_public_key, _ = zmq.auth.load_certificate(str(server_public_key))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,28 @@ from edged.inference.engine import BUILTIN_DELEGATES
 from edged.media import SAMPLE_CLIP
 from edged.models import DEFAULT_MODEL
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # used with fullmatch: "$" accepts a final "\n"
+# A config file is small: anything larger, or expanding (YAML aliases) into more values, is a
+# mistake or an attack; both are refused before they can cost memory or time.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_VALUES = 100_000
+MAX_DEVICE_INDEX = 1023  # V4L2 camera indexes (/dev/videoN); OpenCV takes a C int
+
+
+def _bounded_repr() -> reprlib.Repr:
+    r = reprlib.Repr()
+    r.maxstring = r.maxother = 80
+    r.maxlist = r.maxtuple = r.maxdict = r.maxset = 6
+    r.maxlevel = 3
+    return r
+
+
+_SHOW = _bounded_repr()
+
+
+def show(value: Any) -> str:
+    """``repr`` bounded in size and depth: error messages never echo a value whole."""
+    return _SHOW.repr(value)
 _TCP_RE = re.compile(r"^tcp://(\*|[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]):(\d{1,5})$")
 
 
@@ -135,7 +157,7 @@ class _V:
         except (TypeError, ValueError):
             out = None
         if out is None:
-            raise self.fail(k, f"expected {what}, got {v!r}")
+            raise self.fail(k, f"expected {what}, got {show(v)}")
         return out
 
     def get_num(self, k: str, default: float | None, lo: float, hi: float,
@@ -171,10 +193,17 @@ class _V:
 
 def _check_source(v: _V) -> str:
     raw = v.data.get("source", CameraConfig.source)
-    if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
+    if isinstance(raw, str) and raw.strip().isascii() and raw.strip().isdigit():
+        raw = int(raw.strip())
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        if not 0 <= raw <= MAX_DEVICE_INDEX:
+            raise v.fail("source", f"a camera index must be in [0, {MAX_DEVICE_INDEX}], got "
+                                   f"{show(raw)}")
         return str(raw)
     if not isinstance(raw, str) or not raw.strip():
-        raise v.fail("source", f"expected a device, URL, pipeline or file, got {raw!r}")
+        raise v.fail("source", f"expected a device, URL, pipeline or file, got {show(raw)}")
+    if "\0" in raw:
+        raise v.fail("source", f"contains a NUL byte: {show(raw)}")
     return raw.strip()
 
 
@@ -182,8 +211,8 @@ def _camera(v: _V) -> CameraConfig:
     v.check_keys(set(CameraConfig.__dataclass_fields__))
     name = v.get_str("name", "sample")
     assert name is not None
-    if not _NAME_RE.match(name):
-        raise v.fail("name", f"use 1-64 letters, digits, '_', '-' or '.', got {name!r}")
+    if not _NAME_RE.fullmatch(name):
+        raise v.fail("name", f"use 1-64 letters, digits, '_', '-' or '.', got {show(name)}")
     source = _check_source(v)
     from edged.capture import classify_source  # local: keeps this module's imports light
 
@@ -213,19 +242,19 @@ def _inference(v: _V) -> InferenceConfig:
     if delegate not in BUILTIN_DELEGATES:
         if "/" not in delegate and not delegate.endswith(".so"):
             raise v.fail("delegate", f"must be one of {', '.join(BUILTIN_DELEGATES)} or a path "
-                                     f"to a delegate .so, got {delegate!r}")
+                                     f"to a delegate .so, got {show(delegate)}")
         if delegate.startswith("/") and not Path(delegate).is_file():
             raise v.fail("delegate", f"delegate library {delegate} not found")
     opts_v = v.sub("delegate_options")
     options = {}
     for k, val in opts_v.data.items():
         if isinstance(val, dict | list) or val is None:
-            raise opts_v.fail(str(k), f"expected a scalar, got {val!r}")
+            raise opts_v.fail(str(k), f"expected a scalar, got {show(val)}")
         options[str(k)] = "true" if val is True else "false" if val is False else str(val)
     runtime = v.get_str("runtime", "auto")
     if runtime not in ("auto", "ai_edge_litert", "tflite_runtime", "tensorflow"):
         raise v.fail("runtime", "must be auto, ai_edge_litert, tflite_runtime or tensorflow, "
-                                f"got {runtime!r}")
+                                f"got {show(runtime)}")
     cache = v.get_str("cache_dir", None)
     return InferenceConfig(delegate, options, v.get_bool("require_accelerator", False),
                            runtime or "auto", v.get_int("threads", 2, 1, 64) or 2,
@@ -249,7 +278,7 @@ def _detection(v: _V, labels: tuple[str, ...]) -> DetectionConfig:
     if v.data.get("classes") is not None:
         raw = v.data["classes"]
         if not isinstance(raw, list) or not raw:
-            raise v.fail("classes", f"expected a non-empty list of labels, got {raw!r}")
+            raise v.fail("classes", f"expected a non-empty list of labels, got {show(raw)}")
         for i, label in enumerate(raw):
             if label not in labels:
                 raise v.fail(f"classes[{i}]", _unknown_label(str(label), labels))
@@ -286,11 +315,11 @@ def _publish(v: _V) -> PublishConfig:
     if isinstance(raw, str):
         raw = [raw]
     if not isinstance(raw, list) or not raw:
-        raise v.fail("endpoints", f"expected a non-empty list of endpoints, got {raw!r}")
+        raise v.fail("endpoints", f"expected a non-empty list of endpoints, got {show(raw)}")
     for i, ep in enumerate(raw):
         problem = check_endpoint(ep) if isinstance(ep, str) else "expected a string"
         if problem:
-            raise v.fail(f"endpoints[{i}]", f"{problem}, got {ep!r}")
+            raise v.fail(f"endpoints[{i}]", f"{problem}, got {show(ep)}")
     if len(set(raw)) != len(raw):
         raise v.fail("endpoints", "lists an endpoint twice")
     mode = v.get("ipc_mode", 0o660,
@@ -333,7 +362,7 @@ def parse_config(data: Any, where: str = "config") -> Config:
         raise ConfigError(f"{where}: model: {e}") from e
     level = top.get_str("log_level", "info")
     if level not in ("debug", "info", "warning", "error"):
-        raise top.fail("log_level", f"must be debug, info, warning or error, got {level!r}")
+        raise top.fail("log_level", f"must be debug, info, warning or error, got {show(level)}")
     return Config(
         camera=_camera(top.sub("camera")),
         model=model,
@@ -345,13 +374,48 @@ def parse_config(data: Any, where: str = "config") -> Config:
     )
 
 
-def load_config(path: Path) -> Config:
+def _count_values(data: Any, budget: int) -> int:
+    """How many values ``data`` expands to, counting shared (aliased) nodes every time they
+    are reached; stops counting at ``budget``: O(budget), whatever the aliases multiply to."""
+    count = 0
+    stack = [data]
+    while stack and count <= budget:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
+
+
+def read_config_text(path: Path) -> str:
+    """The file's text: at most MAX_CONFIG_BYTES, UTF-8; ConfigError naming the problem."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as e:
         raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from e
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES // 1024} KiB: not a config "
+                          "file")
     try:
-        data = yaml.safe_load(text)
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} on line {line}); "
+                          "save the file as UTF-8") from e
+
+
+def load_config(path: Path) -> Config:
+    text = read_config_text(path)
+    # libyaml's loader when PyYAML was built with it: faster, same safe constructors.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        data = yaml.load(text, Loader=loader)  # a safe loader (no arbitrary objects)
+    except RecursionError as e:
+        raise ConfigError(f"{path}: nested too deeply") from e
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -361,4 +425,7 @@ def load_config(path: Path) -> Config:
         # Never "all defaults": an empty file is a mistake or a half-written edit (a SIGHUP
         # arriving between truncate and write), and the defaults would rebind the socket.
         raise ConfigError(f"{path}: the file is empty (run without --config for the defaults)")
+    if _count_values(data, MAX_CONFIG_VALUES) > MAX_CONFIG_VALUES:
+        raise ConfigError(f"{path}: expands to more than {MAX_CONFIG_VALUES} values (YAML "
+                          "aliases nested too deep?): not a config file")
     return parse_config(data, str(path))

@@ -13,6 +13,7 @@ import logging
 import os
 import queue
 import socket
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,14 @@ from edged.stage import StageThread
 logger = logging.getLogger(__name__)
 
 QUEUE_SIZE = 16
+# What a subscriber may send us: subscriptions (a topic such as "det/balcony") and handshake
+# frames. Anything larger is refused by ZeroMQ's decoder before it allocates, and the peer is
+# disconnected; without a cap one 10 MB SUBSCRIBE cost ~1 GB of memory for good.
+# Not bounded by ZeroMQ: the number of distinct subscriptions a peer keeps (libzmq stores each
+# in a trie until the peer disconnects; XPUB_MANUAL stores them too). Endpoints reachable by
+# strangers need CURVE with authorized_keys_dir: unknown peers are refused before they can
+# subscribe (README, "Encryption and access control").
+MAX_INBOUND_BYTES = 4096
 
 
 class PublishError(ConfigError):
@@ -41,8 +50,16 @@ def _check_ipc_path(path: str, where: str) -> None:
     p = Path(path)
     if not p.parent.is_dir():
         raise PublishError(f"{where}: directory {p.parent} does not exist")
-    if not p.exists():
+    try:
+        mode = p.lstat().st_mode
+    except FileNotFoundError:
         return
+    except OSError as e:
+        raise PublishError(f"{where}: cannot check {path}: {e.strerror or e}") from e
+    if not stat.S_ISSOCK(mode):
+        # Only a socket can be stale; anything else is someone's file: never remove it.
+        raise PublishError(f"{where}: {path} exists and is not a socket; choose another path "
+                           "or remove that file yourself")
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         s.settimeout(0.5)
@@ -79,6 +96,7 @@ class Publisher(StageThread):
     def bind(self) -> None:
         sock: zmq.Socket[bytes] = self._ctx.socket(zmq.PUB)
         sock.setsockopt(zmq.SNDHWM, self.cfg.sndhwm)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_INBOUND_BYTES)
         sock.setsockopt(zmq.LINGER, self.cfg.linger_ms)
         try:
             if self.cfg.curve is not None:
