@@ -271,3 +271,35 @@ def test_huge_subscriptions_cost_no_memory_and_no_gap(tmp_path: Path) -> None:
         assert d.proc.poll() is None, d.stderr[-2000:]
         assert d.stop()[0] == 0
     assert grown < 20, f"RSS grew by {grown:.0f} MB"
+
+
+def test_model_overwritten_in_place_never_crashes_the_daemon(tmp_path: Path) -> None:
+    """`cp new.tflite model.tflite` rewrites the running model's inode: with the file
+    memory-mapped that was SIGBUS, no log line."""
+    import shutil
+
+    from edged.models import DEFAULT_MODEL
+    from tests.daemon_util import Daemon, Listener, dets, free_port
+
+    models = tmp_path / "models"
+    shutil.copytree(DEFAULT_MODEL.parent, models,
+                    ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    sidecar = models / DEFAULT_MODEL.name
+    port = free_port()
+    ep = f"tcp://127.0.0.1:{port}"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model: {sidecar}\npublish: {{endpoints: ['{ep}']}}\n")
+    with Daemon(tmp_path, cfg) as d, Listener(ep, topics=("det/",)) as sub:
+        sub.wait_until(lambda m: m[0].startswith("det/"), 120, "the first det message")
+        for tflite in models.glob("*.tflite"):
+            size = tflite.stat().st_size
+            with tflite.open("r+b") as f:  # same inode, as cp does: truncate, then write
+                f.truncate(0)
+                f.flush()
+                f.write(b"\0" * (size // 2))
+        n = len(dets(sub))
+        sub.wait_until(lambda m, n=n: len(dets(sub)) > n + 20, 120,
+                       "det messages after the model file was overwritten")
+        assert d.proc.poll() is None
+        code, _ = d.stop()
+    assert code == 0, d.stderr[-2000:]

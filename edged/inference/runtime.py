@@ -60,10 +60,17 @@ def make_interpreter(runtime: Runtime, model_path: Path, num_threads: int,
         raise UsageError(f"num_threads must be >= 1, got {num_threads}")
     if not model_path.is_file():
         raise ModelError(f"model file not found: {model_path}")
+    # Read into memory instead of passing the path: the runtime would mmap the file, and a
+    # model overwritten in place (`cp new.tflite model.tflite` before a reload) would then
+    # kill the process with SIGBUS. The interpreter keeps a reference to these bytes.
+    try:
+        content = model_path.read_bytes()
+    except OSError as e:
+        raise ModelError(f"cannot read model {model_path}: {e.strerror or e}") from e
     with quiet_native_output() as captured:
         try:
             interp = runtime.interpreter_cls(
-                model_path=str(model_path), num_threads=num_threads,
+                model_content=content, num_threads=num_threads,
                 experimental_delegates=delegates or None)
             interp.allocate_tensors()
         except (ValueError, RuntimeError) as e:
