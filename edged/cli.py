@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -146,7 +147,14 @@ def _add_detect(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.set_defaults(func=_cmd_detect)
 
 
+# `edged detect` refuses images above this many pixels before decoding them (OpenCV's own
+# bound is 2**30: a 20000x20000 PNG took 2.4 GB).
+DETECT_MAX_IMAGE_PIXELS = 1 << 27
+
+
 def _cmd_detect(args: argparse.Namespace) -> int:
+    # OpenCV reads its bound once, when it loads; the user's own setting wins.
+    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(DETECT_MAX_IMAGE_PIXELS))
     from edged.detect_files import FrameResult, run_detect
     from edged.messages import detection_dicts
 

@@ -55,6 +55,19 @@ def annotate(frame: np.ndarray, dets: Detections, labels: Sequence[str]) -> np.n
     return out
 
 
+def _read_image(path: Path) -> np.ndarray | str | None:
+    """The image, or why OpenCV refused it (str), or None if it is not an image at all."""
+    try:
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    except cv2.error as e:  # e.g. a header claiming more pixels than OPENCV_IO_MAX_IMAGE_PIXELS
+        too_big = "CV_IO_MAX_IMAGE_PIXELS" in str(e) or "Insufficient memory" in str(e)
+        return "image too large to decode" if too_big else "not a readable image"
+    if img is None or img.size == 0:
+        return None
+    out: np.ndarray = img
+    return out
+
+
 def _is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_SUFFIXES
 
@@ -68,13 +81,12 @@ def run_detect(detector: Detector, paths: Sequence[Path], params: DetectParams,
         if not path.is_file():
             yield SourceError(str(path), "no such file")
             continue
-        if _is_video(path) or (path.suffix.lower() not in IMAGE_SUFFIXES
-                               and cv2.imread(str(path)) is None):
-            yield from _video(detector, path, params, annotate_dir, labels)
-            continue
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if img is None or img.size == 0:
-            yield SourceError(str(path), "not a readable image")
+        img = None if _is_video(path) else _read_image(path)
+        if img is None or isinstance(img, str):
+            if _is_video(path) or path.suffix.lower() not in IMAGE_SUFFIXES:
+                yield from _video(detector, path, params, annotate_dir, labels)
+            else:
+                yield SourceError(str(path), img or "not a readable image")
             continue
         dets = detector.detect(img, params)
         if annotate_dir is not None:

@@ -303,3 +303,61 @@ def test_model_overwritten_in_place_never_crashes_the_daemon(tmp_path: Path) -> 
         assert d.proc.poll() is None
         code, _ = d.stop()
     assert code == 0, d.stderr[-2000:]
+
+
+def _png(path: Path, width: int, height: int, rows: int | None = None) -> Path:
+    """A real (or, with ``rows`` < height, truncated) black RGB PNG, written in a stream."""
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    comp = zlib.compressobj(9)
+    row = b"\0" * (1 + 3 * width)
+    idat = b"".join(comp.compress(row) for _ in range(height if rows is None else rows))
+    idat += comp.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+def test_detect_reports_refused_images_and_goes_on(tmp_path: Path) -> None:
+    """A PNG claiming 60000x60000 stopped the whole batch with `internal error`; a real
+    12000x12000 one was decoded whole (20000x20000: 2.45 GB)."""
+    import cv2
+
+    from edged.media import SAMPLE_CLIP
+
+    liar = _png(tmp_path / "liar.png", 60000, 60000, rows=2)
+    huge = _png(tmp_path / "huge.png", 12000, 12000)
+    cap = cv2.VideoCapture(str(SAMPLE_CLIP))
+    ok, frame = cap.read()
+    cap.release()
+    assert ok
+    good = tmp_path / "good.jpg"
+    cv2.imwrite(str(good), frame)
+    proc, peak_mb = _run_measured("detect", str(liar), str(huge), str(good), "--json")
+    assert proc.returncode == EXIT_USAGE, proc.stderr
+    assert "Traceback" not in proc.stderr and "internal error" not in proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("edged: error:")]
+    assert errors == [f"edged: error: {liar}: image too large to decode",
+                      f"edged: error: {huge}: image too large to decode"]
+    results = [json.loads(ln) for ln in proc.stdout.splitlines()]
+    assert [r["source"] for r in results] == [str(good)]
+    # 12000x12000x3 decoded would be 432 MB on its own.
+    assert peak_mb < 400, f"detect peaked at {peak_mb:.0f} MB"
+
+
+def _run_measured(*args: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    """`edged ARGS` through a wrapper process, so its peak RSS is its own (MB)."""
+    wrapper = ("import resource, subprocess, sys; "
+               "p = subprocess.run([sys.executable, '-m', 'edged', *sys.argv[1:]]); "
+               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
+               "sys.exit(p.returncode)")
+    proc = subprocess.run([sys.executable, "-c", wrapper, *args], capture_output=True,
+                          text=True, timeout=300, cwd=REPO, check=False)
+    *lines, peak_kb = proc.stderr.rstrip("\n").split("\n")
+    proc.stderr = "\n".join(lines) + "\n"
+    return proc, int(peak_kb) / 1024
