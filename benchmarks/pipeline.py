@@ -69,11 +69,12 @@ def bare_invoke(threads: int, runs: int = 300) -> dict[str, float]:
 class Run:
     """`edged run` with a generated config, and a SUB socket counting its det messages."""
 
-    def __init__(self, tmp: Path, threads: int, realtime: bool) -> None:
+    def __init__(self, tmp: Path, threads: int, realtime: bool,
+                 publish: dict[str, Any] | None = None) -> None:
         self.port = free_port()
         cfg = {"camera": {"name": "bench", "source": str(SAMPLE_CLIP), "realtime": realtime},
                "inference": {"threads": threads, "delegate": "cpu"},
-               "publish": {"endpoints": [f"tcp://127.0.0.1:{self.port}"]},
+               "publish": {"endpoints": [f"tcp://127.0.0.1:{self.port}"], **(publish or {})},
                "log_level": "warning"}
         path = tmp / f"bench-{self.port}.yaml"
         path.write_text(yaml.safe_dump(cfg))

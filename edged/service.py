@@ -80,6 +80,7 @@ class Service:
         self.source_reason: str | None = None
         self._status_seq = 0
         self._status_lock = threading.Lock()
+        self._source_lock = threading.Lock()  # source_reason and the running/source_down state
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._hang_after = _test_fault_hang_after()
@@ -123,9 +124,16 @@ class Service:
             published_dropped=self.publisher.dropped if self.publisher else 0)
 
     def _on_source(self, up: bool, reason: str) -> None:
-        self.source_reason = None if up else reason
-        if self.state in ("running", "source_down"):
-            self._set_state("running" if up else "source_down")
+        with self._source_lock:
+            self.source_reason = None if up else reason
+            if self.state in ("running", "source_down"):
+                self._set_state("running" if up else "source_down")
+
+    def _serve_state(self) -> None:
+        """Leave start-up or a reload for the state the source is in: a source that went down
+        meanwhile (reported while the state was warming_up/reloading) must not be lost."""
+        with self._source_lock:
+            self._set_state("running" if self.source_reason is None else "source_down")
 
     # --- lifecycle --------------------------------------------------------------------------
     def _start_capture(self) -> None:
@@ -161,7 +169,7 @@ class Service:
             self.cfg.publish.empty_frames, self._hang_after)
         self.worker.start()
         self._start_capture()
-        self._set_state("running")
+        self._serve_state()
         self.notifier.notify("READY=1", f"STATUS={self.status_line()} "
                                         f"(warm-up {self.engine.warmup_ms:.0f} ms)")
 
@@ -270,12 +278,11 @@ class Service:
             if new == old:
                 logger.info("reload: configuration unchanged")
                 return
-            previous_state = self.state
             self._set_state("reloading")
             try:
                 self._apply(old, new)
             finally:
-                self._set_state(previous_state if previous_state != "reloading" else "running")
+                self._serve_state()
         finally:
             self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from edged.export.assets import Assets, fetch
+from tests import timing
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
@@ -27,6 +28,23 @@ def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("edged: error:")]
     assert len(lines) == 1, proc.stderr
     return lines[0]
+
+
+_measured: list[timing.Speed] = []
+
+
+@pytest.fixture(scope="session")
+def speed() -> timing.Speed:
+    """This machine's measured speed (tests/timing.py), once per session: every deadline of a
+    test that waits for the daemon comes from it."""
+    s = timing.measure()
+    _measured.append(s)
+    return s
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for s in _measured:
+        terminalreporter.write_line(f"edged timing: {s.describe()}")
 
 
 @pytest.fixture(scope="session")

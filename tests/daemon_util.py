@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -30,6 +31,14 @@ def write_config(path: Path, **sections: Any) -> Path:
     return path
 
 
+def die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the test process dies (a crashed or killed
+    pytest must not leave daemons running beside the next test run)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 class Daemon:
     """``edged run`` in a subprocess; stderr collected to a file for the test to read."""
 
@@ -39,7 +48,8 @@ class Daemon:
                                                           else [])
         self._err = self.stderr_path.open("w")
         self.proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL,
-                                     stderr=self._err, env={**os.environ, **(env or {})})
+                                     stderr=self._err, env={**os.environ, **(env or {})},
+                                     preexec_fn=die_with_parent)
 
     @property
     def stderr(self) -> str:
@@ -49,17 +59,32 @@ class Daemon:
         self.proc.send_signal(sig)
 
     def stop(self, timeout_s: float = 10.0) -> tuple[int, float]:
-        """SIGTERM; returns (exit code, seconds it took)."""
+        """SIGTERM; returns (exit code, seconds from the signal to the process's exit)."""
         t0 = time.monotonic()
         if self.proc.poll() is None:
+            t0 = time.monotonic()
             self.proc.send_signal(signal.SIGTERM)
         try:
             code = self.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             code = self.proc.wait()
+        took = time.monotonic() - t0
         self._err.close()
-        return code, time.monotonic() - t0
+        return code, took
+
+    def wait_stderr(self, text: str, timeout_s: float) -> None:
+        """Wait until ``text`` appears in the daemon's log (a log line is the event when the
+        daemon has no other way to say it); fails early if the daemon exits."""
+        deadline = time.monotonic() + timeout_s
+        while text not in self.stderr:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"edged exited ({self.proc.returncode}) before logging "
+                                     f"{text!r}:\n{self.stderr[-2000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout_s} s waiting for {text!r} in "
+                                     f"the log:\n{self.stderr[-2000:]}")
+            time.sleep(0.05)  # polling a file: there is nothing to block on
 
     def __enter__(self) -> Daemon:
         return self
@@ -84,6 +109,8 @@ class Listener:
         self.messages: list[tuple[str, dict[str, Any], int]] = []
 
     def poll_for(self, seconds: float) -> None:
+        """Collect whatever arrives during ``seconds``. Only for checking that something does
+        *not* happen; to see that something does, wait for it (``wait_until``/``wait_count``)."""
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
             if self.sock.poll(int(left * 1000) + 1):
@@ -103,6 +130,29 @@ class Listener:
         raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; "
                              f"got {len(self.messages)} messages")
 
+    def wait_count(self, pred: Callable[[tuple[str, dict[str, Any], int]], bool], n: int,
+                   timeout_s: float, what: str, since: int = 0) -> list[dict[str, Any]]:
+        """Wait until ``n`` messages from index ``since`` on satisfy ``pred``; returns them."""
+        got = [m for m in self.messages[since:] if pred(m)]
+        if len(got) < n:
+            left = n - len(got)
+
+            def counted(item: tuple[str, dict[str, Any], int]) -> bool:
+                nonlocal left
+                if pred(item):
+                    left -= 1
+                return left <= 0
+
+            self.wait_until(counted, timeout_s, f"{n} x {what} (got {n - left})")
+        return [item[1] for item in self.messages[since:] if pred(item)][:n]
+
+    def drain(self, quiet_s: float = 0.3, timeout_s: float = 10.0) -> None:
+        """Receive until nothing has arrived for ``quiet_s`` (what was already sent)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.sock.poll(int(quiet_s * 1000)):
+            topic, payload = self.sock.recv_multipart()
+            self.messages.append((topic.decode(), json.loads(payload), time.time_ns()))
+
     def close(self) -> None:
         self.sock.close(linger=0)
         self.ctx.term()
@@ -112,6 +162,15 @@ class Listener:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def is_det(item: tuple[str, dict[str, Any], int]) -> bool:
+    return item[0].startswith("det/")
+
+
+def state_is(state: str) -> Callable[[tuple[str, dict[str, Any], int]], bool]:
+    """A predicate: a status message in ``state``."""
+    return lambda item: item[0].startswith("status/") and item[1]["state"] == state
 
 
 def dets(listener: Listener) -> list[dict[str, Any]]:

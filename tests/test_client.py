@@ -14,6 +14,7 @@ from edged.client import DetMessage, StatusMessage, Subscriber
 from edged.media import SAMPLE_CLIP
 from tests.conftest import run_edged
 from tests.daemon_util import Daemon, free_port, write_config
+from tests.timing import Speed
 
 
 def _cfg(tmp: Path, port: int, **publish: object) -> Path:
@@ -31,21 +32,24 @@ def _first(sub: Subscriber, kind: type, timeout_s: float) -> object | None:
     return None
 
 
-def test_typed_iterator_and_sub_command(tmp_path: Path) -> None:
+def test_typed_iterator_and_sub_command(tmp_path: Path, speed: Speed) -> None:
     port = free_port()
     with Daemon(tmp_path, _cfg(tmp_path, port)) as d:
         ep = f"tcp://127.0.0.1:{port}"
         with Subscriber([ep]) as sub:
-            det = _first(sub, DetMessage, 60)
-            st = _first(sub, StatusMessage, 10)
+            det = _first(sub, DetMessage, speed.start_deadline())
+            st = _first(sub, StatusMessage, speed.deadline(base_s=1.0))
         assert isinstance(det, DetMessage) and det.topic == "det/roof"
         assert det.width == 1280 and det.backend == "cpu" and det.latency_ms["total"] > 0
         assert isinstance(st, StatusMessage) and st.state == "running"
-        proc = run_edged("sub", ep, "--topic", "det/", "--count", "3", "--json", timeout=30)
+        # `edged sub` starts (a fresh Python, like the daemon) and waits for three messages
+        proc = run_edged("sub", ep, "--topic", "det/", "--count", "3", "--json",
+                         timeout=speed.start_deadline(n_frames=3))
         assert proc.returncode == 0, proc.stderr
         lines = [json.loads(ln) for ln in proc.stdout.splitlines()]
         assert len(lines) == 3 and all(m["kind"] == "detections" for m in lines)
-        human = run_edged("sub", ep, "--topic", "status/", "--count", "1", timeout=30)
+        human = run_edged("sub", ep, "--topic", "status/", "--count", "1",
+                          timeout=speed.start_deadline(base_s=1.0))
         assert human.stdout.startswith("status/roof running on cpu")
         assert d.stop()[0] == 0
 
@@ -56,7 +60,7 @@ def test_sub_times_out_cleanly() -> None:
     assert "Traceback" not in proc.stderr
 
 
-def test_curve_only_authorized_clients(tmp_path: Path) -> None:
+def test_curve_only_authorized_clients(tmp_path: Path, speed: Speed) -> None:
     keys = tmp_path / "keys"
     clients = tmp_path / "clients"
     keys.mkdir()
@@ -72,14 +76,14 @@ def test_curve_only_authorized_clients(tmp_path: Path) -> None:
     with Daemon(tmp_path, cfg) as d:
         with Subscriber([ep], server_public_key=Path(server_pub),
                         client_certificate=Path(client_sec)) as ok:
-            assert isinstance(_first(ok, DetMessage, 60), DetMessage)
+            assert isinstance(_first(ok, DetMessage, speed.start_deadline()), DetMessage)
         with Subscriber([ep], server_public_key=Path(server_pub),
                         client_certificate=Path(stranger_sec)) as stranger, \
                 Subscriber([ep]) as plain:
             assert stranger.recv(2.0) is None
             assert plain.recv(0.5) is None
         proc = run_edged("sub", ep, "--server-key", server_pub, "--client-cert", client_sec,
-                         "--count", "1", "--json", timeout=30)
+                         "--count", "1", "--json", timeout=speed.start_deadline(n_frames=1))
         assert proc.returncode == 0 and json.loads(proc.stdout)["camera"] == "roof"
         assert d.stop()[0] == 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -12,9 +13,19 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from edged.media import SAMPLE_CLIP
+from edged.media import SAMPLE_CLIP, SAMPLE_LABELS
 from edged.schema import load_schema
-from tests.daemon_util import Daemon, Listener, dets, free_port, statuses, write_config
+from tests.daemon_util import (
+    Daemon,
+    Listener,
+    dets,
+    free_port,
+    is_det,
+    state_is,
+    statuses,
+    write_config,
+)
+from tests.timing import Speed, sample_clip
 
 VALIDATOR = jsonschema.Draft202012Validator(load_schema())
 
@@ -31,70 +42,108 @@ def _running(item: tuple[str, dict, int]) -> bool:
     return item[0].startswith("status/") and item[1]["state"] == "running"
 
 
-def test_end_to_end_messages_schema_seq_birds_status(tmp_path: Path) -> None:
+def test_end_to_end_messages_schema_seq_birds_status(tmp_path: Path, speed: Speed) -> None:
+    clip = sample_clip()
     port = free_port()
     cfg = _config(tmp_path, port, inference={"threads": 2})
     with Daemon(tmp_path, cfg) as d, Listener(f"tcp://127.0.0.1:{port}") as sub:
-        sub.wait_until(lambda m: m[0] == "det/balcony", 60, "the first det message")
-        sub.poll_for(7.0)  # more than one pass of the 5.3 s clip
+        # A frame from the clip's second pass: the file loops (capture seq counts on).
+        sub.wait_until(lambda m: m[0] == "det/balcony" and m[1]["frame_seq"] > clip.frames,
+                       speed.start_deadline(base_s=clip.duration_s), "the clip's second pass")
+        sub.wait_count(state_is("running"), 3, speed.deadline(base_s=3.0),
+                       "periodic running statuses")
         code, _ = d.stop()
-        sub.poll_for(0.5)  # what was sent while stopping
+        sub.wait_until(state_is("stopping"), speed.deadline(), "the stopping status")
+        sub.drain()  # anything sent after it
     assert code == 0, d.stderr
     assert "Traceback" not in d.stderr
     for topic, msg, _ in sub.messages:
         VALIDATOR.validate(msg)
         assert topic == f"{'det' if msg['kind'] == 'detections' else 'status'}/balcony"
     det = dets(sub)
-    assert len(det) > 100
     seqs = [m["seq"] for m in det]
-    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # no gaps at 25 fps
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # no gaps
+    # realtime: the file is paced like a camera, never played faster than its own rate
+    # (an upper bound: a slower machine drops frames, it cannot make this fail)
+    span_s = (det[-1]["ts_ns"] - det[0]["ts_ns"]) / 1e9
+    assert span_s > clip.duration_s * 0.9
+    assert (det[-1]["frame_seq"] - det[0]["frame_seq"]) / span_s <= clip.fps * 1.1
     labels = {d["label"] for m in det for d in m["detections"]}
-    assert "bird" in labels
+    assert labels == SAMPLE_LABELS  # what OpenCV's darknet reference sees (test_demo_clip.py)
     st = [m for m in statuses(sub) if m["state"] == "running"]
-    assert len(st) >= 5  # every second
+    assert len(st) >= 3  # periodic
     assert st[-1]["backend"] == "cpu" and st[-1]["model"] == "yolov3-tiny-416"
-    assert 20 <= st[-1]["fps_in"] <= 30 and 20 <= st[-1]["fps_out"] <= 30
+    assert all(s["fps_in"] >= 0 and s["fps_out"] >= 0 for s in st)  # rates are reported ...
+    assert any(s["fps_in"] > 0 for s in st) and any(s["fps_out"] > 0 for s in st)  # ... and move
     assert set(st[-1]["latency_ms"]) == {"preprocess", "inference", "postprocess", "total"}
     assert statuses(sub)[-1]["state"] == "stopping"  # the last word before exit
 
 
-def test_default_run_without_config(tmp_path: Path) -> None:
+def _wait_port_free(port: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"port {port} stays in use by another process: this test runs "
+                                "edged on its default endpoint")
+        time.sleep(0.2)  # another process holds it (e.g. a parallel test run): poll
+
+
+def test_default_run_without_config(tmp_path: Path, speed: Speed) -> None:
     """The README's run command: shipped model, bundled clip, tcp://127.0.0.1:5556."""
+    _wait_port_free(5556, 60)
     with Daemon(tmp_path, None) as d, Listener("tcp://127.0.0.1:5556") as sub:
-        _, msg, _ = sub.wait_until(lambda m: m[0] == "det/sample", 60, "a det/sample message")
+        d.wait_stderr("publishing on tcp://127.0.0.1:5556", speed.start_deadline())
+        _, msg, _ = sub.wait_until(lambda m: m[0] == "det/sample", speed.start_deadline(),
+                                   "a det/sample message")
         VALIDATOR.validate(msg)
+        assert d.proc.poll() is None, d.stderr  # ours, not another process's on that port
         assert d.stop()[0] == 0
 
 
-def test_sigterm_at_full_speed_exits_within_2s(tmp_path: Path) -> None:
+STOP_BOUND_S = 2.0  # issue requirement: SIGTERM -> exit 0 within 2 s (signal to exit)
+
+
+def test_sigterm_at_full_speed_exits_within_2s(tmp_path: Path, speed: Speed) -> None:
     port = free_port()
-    cfg = _config(tmp_path, port, camera={"realtime": False})
+    cfg = _config(tmp_path, port, camera={"realtime": False})  # unpaced: inference never idles
     with Daemon(tmp_path, cfg) as d, Listener(f"tcp://127.0.0.1:{port}") as sub:
-        sub.wait_until(lambda m: m[0].startswith("det/"), 60, "detections")
-        sub.poll_for(1.0)
-        assert len(dets(sub)) > 30  # unthrottled: well above the clip's 25 fps
+        sub.wait_count(is_det, 10, speed.start_deadline(n_frames=10), "det messages")
         code, took = d.stop()
     assert code == 0, d.stderr
-    assert took < 2.0, f"stop took {took:.2f} s"
+    assert took < STOP_BOUND_S, f"stop took {took:.2f} s"
 
 
-def test_sighup_applies_thresholds_without_interrupting(tmp_path: Path) -> None:
+def test_sighup_applies_thresholds_without_interrupting(tmp_path: Path, speed: Speed) -> None:
+    clip = sample_clip()
     port = free_port()
-    cfg = _config(tmp_path, port, detection={"conf_threshold": 0.05})
+    # 0.01: boxes under 0.2 on most frames of the clip (at 0.05 only on 9 of its 150)
+    cfg = _config(tmp_path, port, detection={"conf_threshold": 0.01})
     with Daemon(tmp_path, cfg) as d, Listener(f"tcp://127.0.0.1:{port}") as sub:
-        sub.wait_until(_running, 60, "running")
-        sub.poll_for(2.0)
-        assert any(det["score"] < 0.2 for m in dets(sub) for det in m["detections"])
+        sub.wait_until(lambda m: is_det(m) and any(det["score"] < 0.2
+                                                   for det in m[1]["detections"]),
+                       speed.start_deadline(n_frames=clip.frames, paced_fps=clip.fps),
+                       "a detection below 0.2")
         _config(tmp_path, port, detection={"conf_threshold": 0.2, "classes": ["bird"]})
         d.signal(signal.SIGHUP)
-        sub.wait_until(lambda m: m[0].startswith("status/") and m[1]["state"] == "reloading",
-                       10, "a reloading status")
-        sub.wait_until(_running, 10, "running again")
-        mark = len(sub.messages)
-        sub.poll_for(6.0)
+        sub.wait_until(state_is("reloading"), speed.deadline(base_s=1.0), "a reloading status")
+        _, st, _ = sub.wait_until(_running, speed.deadline(base_s=1.0), "running again")
+        # The new thresholds apply from the next frame boundary: every frame that started after
+        # the reload. One frame may have been in flight; its seq is frames_out (seq counts every
+        # frame here, empty ones included), so the frames after it are filtered for sure.
+        def filtered(m: tuple[str, dict, int]) -> bool:
+            return is_det(m) and m[1]["seq"] > st["frames_out"]
+
+        sub.wait_count(lambda m: filtered(m) and bool(m[1]["detections"]), 3,
+                       speed.deadline(n_frames=2 * clip.frames, paced_fps=clip.fps),
+                       "det messages with detections after the reload")
         code, _ = d.stop()
     assert code == 0
-    after = [m for t, m, _ in sub.messages[mark:] if t.startswith("det/")]
+    after = [m for t, m, r in sub.messages if filtered((t, m, r))]
     found = [det for m in after for det in m["detections"]]
     assert found and all(det["label"] == "bird" and det["score"] >= 0.2 for det in found)
     seqs = [m["seq"] for m in dets(sub)]
@@ -102,20 +151,19 @@ def test_sighup_applies_thresholds_without_interrupting(tmp_path: Path) -> None:
     assert "reload: applied" in d.stderr
 
 
-def test_sighup_with_invalid_config_keeps_running(tmp_path: Path) -> None:
+def test_sighup_with_invalid_config_keeps_running(tmp_path: Path, speed: Speed) -> None:
+    clip = sample_clip()
     port = free_port()
     cfg = _config(tmp_path, port)
     with Daemon(tmp_path, cfg) as d, Listener(f"tcp://127.0.0.1:{port}") as sub:
-        sub.wait_until(_running, 60, "running")
+        sub.wait_until(_running, speed.start_deadline(), "running")
         cfg.write_text(cfg.read_text() + "\ndetection: {conf_threshold: 7}\n")
         d.signal(signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while "reload rejected" not in d.stderr and time.monotonic() < deadline:
-            time.sleep(0.1)
+        d.wait_stderr("reload rejected", speed.deadline(base_s=1.0))
         mark = len(sub.messages)
-        sub.poll_for(2.0)
+        sub.wait_count(is_det, 20, speed.deadline(n_frames=20, paced_fps=clip.fps),
+                       "det messages after the rejected reload", since=mark)
         assert d.proc.poll() is None
-        assert len([m for t, m, _ in sub.messages[mark:] if t.startswith("det/")]) > 20
         code, _ = d.stop()
     assert code == 0
     rejected = [ln for ln in d.stderr.splitlines() if "reload rejected" in ln]
@@ -133,35 +181,46 @@ def _ffmpeg_server(port: int) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+RESUME_BOUND_S = 3.0  # issue requirement: detections resume within 3 s of the camera's return
+
+
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg (apt install ffmpeg)")
-def test_http_source_vanishes_and_returns_three_times(tmp_path: Path) -> None:
+def test_http_source_vanishes_and_returns_three_times(tmp_path: Path, speed: Speed) -> None:
     cam_port, pub_port = free_port(), free_port()
     cfg = _config(tmp_path, pub_port, camera={
         "source": f"http://127.0.0.1:{cam_port}/live.ts", "stall_timeout_s": 1.0,
         "reconnect_initial_s": 0.2, "reconnect_max_s": 0.5})
     server = _ffmpeg_server(cam_port)
+    resumed = []
     try:
         with Daemon(tmp_path, cfg) as d, Listener(f"tcp://127.0.0.1:{pub_port}") as sub:
-            sub.wait_until(lambda m: m[0].startswith("det/"), 60, "detections from the stream")
+            sub.wait_until(is_det, speed.start_deadline(base_s=2.0),
+                           "detections from the stream")
             for cycle in range(3):
                 server.kill()
                 server.wait()
-                sub.wait_until(lambda m: m[0].startswith("status/")
-                               and m[1]["state"] == "source_down", 10,
-                               f"source_down (cycle {cycle})")
-                time.sleep(2.0)  # gone for a while
+                _, down, _ = sub.wait_until(state_is("source_down"),
+                                            speed.deadline(base_s=1.0 + 1.0),  # stall + status
+                                            f"source_down (cycle {cycle})")
+                # gone for a while: the daemon keeps trying (two more failed attempts)
+                sub.wait_until(lambda m, n=down["source"]["reconnects"]: m[0].startswith(
+                               "status/") and m[1]["source"]["reconnects"] >= n + 2,
+                               speed.deadline(base_s=2 * (1.0 + 0.5) + 1.0),
+                               f"reconnect attempts while down (cycle {cycle})")
                 assert d.proc.poll() is None
                 server = _ffmpeg_server(cam_port)
-                back = time.monotonic()
-                sub.wait_until(lambda m: m[0].startswith("det/"), 10,
-                               f"detections again (cycle {cycle})")
-                resumed = time.monotonic() - back
-                assert resumed <= 3.0, f"cycle {cycle}: resumed after {resumed:.2f} s"
+                back_ns = time.time_ns()
+                _, _, got_ns = sub.wait_until(
+                    lambda m, t=back_ns: is_det(m) and m[1]["ts_ns"] >= t,
+                    speed.deadline(n_frames=1, base_s=0.5 + 1.0 + 1.0),
+                    f"detections again (cycle {cycle})")
+                resumed.append((got_ns - back_ns) / 1e9)
             code, _ = d.stop()
         assert code == 0, d.stderr
         st = statuses(sub)
         assert st[-2]["source"]["reconnects"] >= 3
         assert any(s["state"] == "source_down" and s["source"]["reason"] for s in st)
+        assert max(resumed) <= RESUME_BOUND_S, f"resumed after {resumed} s"
     finally:
         server.kill()
         server.wait()
