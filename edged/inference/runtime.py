@@ -20,7 +20,8 @@ logger = logging.getLogger(__name__)
 RUNTIMES: dict[str, str] = {
     "ai_edge_litert": "ai_edge_litert.interpreter",
     "tflite_runtime": "tflite_runtime.interpreter",
-    "tensorflow": "tensorflow.lite",
+    # not "tensorflow.lite": that is the source package, without Interpreter (TF 2.21)
+    "tensorflow": "tensorflow",
 }
 
 
@@ -45,7 +46,7 @@ def load_runtime(preference: str = "auto") -> Runtime:
             errors.append(f"{name}: {e}")
             continue
         if name == "tensorflow":
-            return Runtime(name, mod.Interpreter, mod.experimental.load_delegate)
+            return Runtime(name, mod.lite.Interpreter, mod.lite.experimental.load_delegate)
         return Runtime(name, mod.Interpreter, mod.load_delegate)
     raise UsageError(
         "no TFLite runtime found (" + "; ".join(errors) + "); "
