@@ -45,3 +45,12 @@ class ModelError(UsageError):
 
 class ExportError(EdgedError):
     """The TFLite converter or Vela failed on a network we accepted."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type name: foreign code
+    (TFLite runtimes, delegates, TensorFlow) raises errors with empty or multi-line messages."""
+    for line in str(e).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(e).__name__

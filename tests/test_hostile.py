@@ -361,3 +361,14 @@ def _run_measured(*args: str) -> tuple[subprocess.CompletedProcess[str], float]:
     *lines, peak_kb = proc.stderr.rstrip("\n").split("\n")
     proc.stderr = "\n".join(lines) + "\n"
     return proc, int(peak_kb) / 1024
+
+
+@pytest.mark.parametrize("message", ["", "\n\n", "  \nsecond line", "one\ntwo"])
+def test_first_line_of_foreign_errors(message: str) -> None:
+    """tflite_runtime 2.14 raised an error with an empty message on a corrupt model, and
+    `str(e).splitlines()[0]` turned it into `internal error: IndexError`."""
+    from edged.errors import first_line
+
+    got = first_line(ValueError(message))
+    assert got == {"": "ValueError", "\n\n": "ValueError", "  \nsecond line": "second line",
+                   "one\ntwo": "one"}[message]

@@ -3,7 +3,9 @@ checked by systemd-analyze, the Yocto recipe by oelint-adv, the install script i
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import json
 import logging
 import os
 import shutil
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from edged.log import JOURNAL_SOCKET
 from edged.media import SAMPLE_CLIP
 from tests.conftest import REPO
 from tests.daemon_util import Daemon, free_port, write_config
@@ -175,18 +178,27 @@ def test_unit_verifies(tmp_path: Path) -> None:
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
 def test_unit_security_exposure(tmp_path: Path) -> None:
     unit = _unit_with_real_execstart(tmp_path)
-    proc = subprocess.run(["systemd-analyze", "security", "--offline=true", "--threshold=25",
+    # 1.4 measured (systemd 252) on the unit that tests/system/test_systemd_boot.py runs under
+    # a booted systemd; --threshold is that figure x10.
+    proc = subprocess.run(["systemd-analyze", "security", "--offline=true", "--threshold=14",
                            str(unit)], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:]
     line = next(ln for ln in proc.stdout.splitlines() if "Overall exposure level" in ln)
     exposure = float(line.split(":")[1].split()[0])
-    assert exposure <= 2.5, line
+    assert exposure <= 1.4, line
     text = UNIT.read_text()
     for needed in ("Type=notify", "WatchdogSec=", "SupplementaryGroups=video",
                    "DeviceAllow=char-video4linux", "DeviceAllow=/dev/galcore",
                    "DeviceAllow=/dev/ethosu0", "RuntimeDirectory=edged", "CacheDirectory=edged",
-                   "ProtectSystem=strict", "ExecReload=/bin/kill -HUP $MAINPID"):
-        assert needed in text
+                   "ProtectSystem=strict", "MemoryDenyWriteExecute=yes", "PrivateUsers=yes",
+                   # what the booted test found the daemon needs (libzmq aborts without them)
+                   "SystemCallFilter=sched_setscheduler",
+                   "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+                   # no /bin/kill on a minimal Debian: the shell's builtin
+                   'ExecReload=/bin/sh -c "kill -HUP $MAINPID"'):
+        assert needed in text, needed
+    # systemd 252 (bookworm) ignores Type=notify-reload and would run the unit as Type=simple
+    assert "\nType=notify-reload" not in text
     assert "PrivateDevices=yes" not in text  # would hide the camera and the NPU
 
 
@@ -225,7 +237,7 @@ def test_install_script_into_a_temp_root(tmp_path: Path) -> None:
     for sub in ("export", "inference", "models", "media", "schema"):
         assert (site / sub / "__init__.py").is_file(), sub
     for data in ("models/yolov3-tiny-416.yaml", "models/yolov3-tiny-416_int8.tflite",
-                 "models/yolov3-tiny-416_int8_vela.tflite", "media/bigbuckbunny.mp4",
+                 "models/yolov3-tiny-416_int8_vela.tflite", "media/eagle.mp4",
                  "schema/messages.schema.json"):
         assert (site / data).is_file(), data
     # the staged package itself runs (with the interpreter inside the staged venv)
@@ -247,6 +259,13 @@ def test_install_script_rejects_bad_options(tmp_path: Path) -> None:
     proc = subprocess.run(["sh", str(REPO / "deploy/install.sh"), "--frobnicate"],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and "unknown option --frobnicate" in proc.stderr
+    for args, says in ((["--wheels", str(tmp_path / "nothing")], "is not a directory"),
+                       (["--extras", "systemd;rm"], "comma-separated"),
+                       (["--wheels"], "needs a directory")):
+        proc = subprocess.run(["sh", str(REPO / "deploy/install.sh"), *args],
+                              capture_output=True, text=True, check=False)
+        assert proc.returncode == 2 and says in proc.stderr, (args, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 # --- logging -----------------------------------------------------------------------------------
@@ -293,8 +312,23 @@ def test_stderr_priority_prefixes_under_journal_stream(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
     lines = [ln for ln in err.read_text().splitlines() if ln]
-    assert lines and all(ln[:3] in ("<6>", "<4>", "<3>", "<7>") for ln in lines), lines[:5]
-    assert any(ln.startswith("<6>publishing on") for ln in lines)
+    if JOURNAL_SOCKET.exists() and importlib.util.find_spec("systemd") is not None:
+        # A machine running journald, with systemd-python: edged sends its records to the
+        # journal itself (structured fields), and nothing to the stream.
+        assert lines == [], lines[:5]
+        deadline = time.monotonic() + 10
+        while True:
+            out = subprocess.run(["journalctl", f"_PID={proc.pid}", "-o", "json", "--no-pager"],
+                                 capture_output=True, text=True, check=False).stdout
+            records = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
+            running = [r for r in records if r.get("MESSAGE") == "state: warming_up -> running"]
+            if running or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert running and running[0].get("CAMERA") == "cam", records[-5:]
+    else:
+        assert lines and all(ln[:3] in ("<6>", "<4>", "<3>", "<7>") for ln in lines), lines[:5]
+        assert any(ln.startswith("<6>publishing on") for ln in lines)
     # in a terminal (no JOURNAL_STREAM) the same lines have no prefix
     plain = subprocess.run([sys.executable, "-m", "edged", "check-config", str(cfg)],
                            capture_output=True, text=True, check=False)

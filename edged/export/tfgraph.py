@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from edged._native import quiet_native_output
-from edged.errors import DarknetError, ExportError
+from edged.errors import DarknetError, ExportError, first_line
 from edged.export.darknet import (
     Conv,
     ConvParams,
@@ -156,4 +156,4 @@ def convert(forward: Any, quantize: bool = False, per_tensor: bool = False,
             return bytes(converter.convert())
         except Exception as e:  # the converter raises bare Exception/ConverterError
             logger.debug("converter output:\n%s", captured())
-            raise ExportError(f"TFLite conversion failed: {str(e).splitlines()[0]}") from e
+            raise ExportError(f"TFLite conversion failed: {first_line(e)}") from e

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from edged import sidecar
-from edged.errors import EXIT_NO_ACCELERATOR, EdgedError, ModelError, UsageError
+from edged.errors import EXIT_NO_ACCELERATOR, EdgedError, ModelError, UsageError, first_line
 from edged.inference.detector import Detector
 from edged.inference.probe import probe_in_child
 from edged.inference.runtime import Runtime, load_runtime
@@ -175,7 +175,7 @@ def _try_accelerator(att: _Attempt, spec: sidecar.ModelSpec, runtime: Runtime,
     try:
         delegate = runtime.load_delegate(att.library, att.options)
     except (OSError, ValueError, AttributeError, RuntimeError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        msg = first_line(e)
         return None, f"cannot load delegate {att.library}: {msg}", 0.0
     try:
         det = Detector(spec, model, cfg.num_threads, runtime, [delegate])
@@ -186,7 +186,7 @@ def _try_accelerator(att: _Attempt, spec: sidecar.ModelSpec, runtime: Runtime,
     try:
         ms = _warm_up(det)
     except (RuntimeError, ValueError) as e:
-        return None, f"{att.backend} warm-up invoke failed: {str(e).splitlines()[0]}", 0.0
+        return None, f"{att.backend} warm-up invoke failed: {first_line(e)}", 0.0
     return det, None, ms
 
 

@@ -38,6 +38,7 @@ def probe_in_child(runtime: str, library: str, options: dict[str, str], model: P
 
 
 def main(argv: list[str]) -> int:
+    from edged.errors import first_line
     from edged.inference.runtime import load_runtime, make_interpreter
 
     runtime_name, library, options, model, threads = argv
@@ -49,7 +50,7 @@ def main(argv: list[str]) -> int:
         interp.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
         interp.invoke()
     except Exception as e:  # reported to the parent as one line
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = first_line(e)
         print(f"delegate {library} failed its warm-up: {msg}", file=sys.stderr)
         return 1
     return 0

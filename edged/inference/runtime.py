@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edged._native import quiet_native_output
-from edged.errors import ModelError, UsageError
+from edged.errors import ModelError, UsageError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -74,9 +74,8 @@ def make_interpreter(runtime: Runtime, model_path: Path, num_threads: int,
                 model_content=content, num_threads=num_threads,
                 experimental_delegates=delegates or None)
             interp.allocate_tensors()
-        except (ValueError, RuntimeError) as e:
+        except Exception as e:  # a runtime's reaction to a corrupt file varies by version
             logger.debug("runtime output:\n%s", captured())
-            raise ModelError(
-                f"cannot load {model_path} with {runtime.name}: {str(e).splitlines()[0]}"
-            ) from e
+            raise ModelError(f"cannot load {model_path} with {runtime.name}: {first_line(e)}"
+                             ) from e
     return interp
