@@ -37,7 +37,9 @@ venv_sync() {
   if [ -x "$dir/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     return 0
   fi
-  [ -x "$dir/bin/python" ] || python3 -m venv "$dir"
+  # A venv cut short (Ctrl-C in ensurepip, or made without python3-venv) has a python but no
+  # pip: make it again rather than fail on it forever.
+  "$dir/bin/python" -m pip --version >/dev/null 2>&1 || python3 -m venv --clear "$dir"
   echo "edged: installing $spec into $dir"
   "$dir/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
   "$dir/bin/python" -m pip install -q --disable-pip-version-check -e "$spec"

@@ -22,4 +22,11 @@ venv_sync .venv '.[export,test,systemd]'
 
 .venv/bin/ruff check edged tests benchmarks
 .venv/bin/mypy
-exec .venv/bin/python -m pytest -q "$@"
+# The system tests (debootstrap, systemd-nspawn, binfmt) need root: as another user, pytest runs
+# through sudo.
+if [ "$(id -u)" = 0 ]; then
+  exec .venv/bin/python -m pytest -q "$@"
+fi
+command -v sudo >/dev/null 2>&1 || die "the tests need root: run this as root or install sudo"
+exec sudo --preserve-env=EDGED_ASSETS,EDGED_TEST_CACHE,EDGED_TEST_SLACK \
+  .venv/bin/python -m pytest -q "$@"

@@ -279,13 +279,16 @@ def _add_run(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from edged.signals import PendingSignals
+
+    pending = PendingSignals.install()  # before the heavy imports below
     from edged.config import default_config, load_config
     from edged.service import Service
 
     cfg = load_config(args.config) if args.config else default_config()
     if not args.verbose:
         logging.getLogger().setLevel(cfg.log_level.upper())
-    return Service(cfg, args.config).run()
+    return Service(cfg, args.config, pending=pending).run()
 
 
 def _add_check_config(sub: argparse._SubParsersAction[_Parser]) -> None:

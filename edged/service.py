@@ -25,6 +25,7 @@ from edged.log import CONTEXT
 from edged.messages import status_message
 from edged.publish import Publisher
 from edged.sdnotify import Notifier
+from edged.signals import PendingSignals
 from edged.stats import PipelineStats
 
 logger = logging.getLogger(__name__)
@@ -65,8 +66,10 @@ class StartupInterrupted(BaseException):
 
 class Service:
     def __init__(self, cfg: Config, config_path: Path | None = None,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None,
+                 pending: PendingSignals | None = None) -> None:
         self.cfg = cfg
+        self._pending = pending
         self.config_path = config_path
         self.notifier = notifier or Notifier()
         self.stats = PipelineStats()
@@ -197,9 +200,17 @@ class Service:
     def run(self) -> int:
         """Start, serve until stopped, stop. Returns the exit code."""
         handlers = self._install_signals()
+        if self._pending is not None:  # signals that came while we were loading
+            if self._pending.stop:
+                self._stop.set()
+            if self._pending.reload:
+                self._reload.set()
         code = EXIT_OK
         try:
             try:
+                if self._stop.is_set():
+                    logger.info("stopped before starting")
+                    return code
                 self.start()
             except StartupInterrupted:
                 logger.info("stopped while starting")

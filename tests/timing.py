@@ -27,6 +27,8 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from functools import cache
@@ -115,21 +117,34 @@ class Speed:
                 f"{self.start_deadline():.1f} s")
 
 
+PROBE_TIMEOUT_S = 600.0  # a probe that takes longer is broken, not slow
+
+
 def measure(runs: int = 25) -> Speed:
     """Measure once (a few seconds); see the module docstring."""
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-c", _PROBE, str(runs + 3)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    start_s = None
-    result = None
-    for line in proc.stdout:
-        if line.strip() == READY_LINE:
-            start_s = time.monotonic() - t0
-        elif line.startswith("{"):
-            result = json.loads(line)
-    err = proc.stderr.read() if proc.stderr else ""
-    if proc.wait() != 0 or start_s is None or result is None:
+    with tempfile.TemporaryFile("w+") as errf:
+        # stderr to a file: a chatty runtime cannot fill a pipe nobody reads; the timer ends
+        # a probe that hangs instead of hanging the whole session.
+        proc = subprocess.Popen([sys.executable, "-c", _PROBE, str(runs + 3)], cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=errf, text=True)
+        killer = threading.Timer(PROBE_TIMEOUT_S, proc.kill)
+        killer.start()
+        assert proc.stdout is not None
+        start_s = None
+        result = None
+        try:
+            for line in proc.stdout:
+                if line.strip() == READY_LINE:
+                    start_s = time.monotonic() - t0
+                elif line.startswith("{"):
+                    result = json.loads(line)
+            proc.wait()
+        finally:
+            killer.cancel()
+        errf.seek(0)
+        err = errf.read()
+    if proc.returncode != 0 or start_s is None or result is None:
         raise RuntimeError(f"timing probe failed (exit {proc.returncode}): {err[-2000:]}")
     frames = [t for t, _ in result["times"][3:]]  # the first few frames warm caches up
     invokes = [t for _, t in result["times"][3:]]

@@ -11,6 +11,7 @@ container that did not finish fails the test with its console and journal attach
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -75,6 +76,22 @@ def journal_of(root: Path) -> str:
     return proc.stdout
 
 
+def _terminate_with_parent() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _power_off(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM: nspawn asks the container's systemd to power off; SIGKILL if it will not."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+
+
 def boot(root: Path, driver: Path, params: dict[str, Any], budget_s: float, *,
          private_network: bool = True, nspawn_args: Sequence[str] = ()) -> dict[str, Any]:
     """Boot ``root``; ``driver`` runs inside and powers off. Returns its results plus
@@ -102,19 +119,20 @@ def boot(root: Path, driver: Path, params: dict[str, Any], budget_s: float, *,
            "-b", "--console=pipe"]
     t0 = time.monotonic()
     with console.open("w") as out:
+        # Its own session (Ctrl-C in the terminal must not reach the container's init), but
+        # it dies with us: SIGTERM when this test process goes (nspawn then powers it off).
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_terminate_with_parent)
         hung = False
         try:
             proc.wait(budget_s + 60)
         except subprocess.TimeoutExpired:
             hung = True
-            proc.send_signal(signal.SIGTERM)  # nspawn asks the container's systemd to power off
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(30)
+            _power_off(proc)
+        except BaseException:  # interrupted (Ctrl-C, pytest's timeout): never leave it running
+            _power_off(proc)
+            raise
     secs = time.monotonic() - t0
     res_path = test_dir / "results.json"
     results: dict[str, Any] = json.loads(res_path.read_text()) if res_path.exists() else {}

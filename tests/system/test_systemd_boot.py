@@ -128,6 +128,7 @@ def check_operator(results: dict[str, Any]) -> None:
         f"after the reload: {rl['subscribe']['run']}, {len(after)} frames after it applied{ctx}"
     low = [d["score"] for m in after for d in m["detections"] if d["score"] < t_new]
     assert not low, f"scores below the reloaded threshold {t_new}: {low}"
+    assert any(m["detections"] for m in after), "no detections at all after the reload"
 
     # a hung daemon is restarted by the watchdog
     wd = steps["watchdog"]
