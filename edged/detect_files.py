@@ -5,16 +5,25 @@ Yields one result per image or video frame, or one error per unreadable source; 
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from edged.export.calib import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from edged.errors import EdgedError, UsageError
+from edged.export import calib
 from edged.inference.detector import Detector, DetectParams
 from edged.types import Detections
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -55,68 +64,132 @@ def annotate(frame: np.ndarray, dets: Detections, labels: Sequence[str]) -> np.n
     return out
 
 
-def _read_image(path: Path) -> np.ndarray | str | None:
-    """The image, or why OpenCV refused it (str), or None if it is not an image at all."""
-    try:
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    except cv2.error as e:  # e.g. a header claiming more pixels than OPENCV_IO_MAX_IMAGE_PIXELS
-        too_big = "CV_IO_MAX_IMAGE_PIXELS" in str(e) or "Insufficient memory" in str(e)
-        return "image too large to decode" if too_big else "not a readable image"
-    if img is None or img.size == 0:
-        return None
-    out: np.ndarray = img
-    return out
-
-
 def _is_video(path: Path) -> bool:
-    return path.suffix.lower() in VIDEO_SUFFIXES
+    return path.suffix.lower() in calib.VIDEO_SUFFIXES
+
+
+def _identity(path: Path, follow: bool) -> tuple[int, int] | None:
+    try:
+        st = path.stat() if follow else path.lstat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+class AnnotateDir:
+    """Where annotated copies go, and under which names.
+
+    An output never replaces one of the inputs (that source is refused instead: choose another
+    directory), two inputs with the same stem get distinct names (``x.jpg``, ``x-1.jpg``), and
+    a file is written in a private temporary directory inside DIR, then renamed over the final
+    name: a symlink planted there is replaced, never written through. An output left by an
+    earlier run is replaced.
+    """
+
+    def __init__(self, directory: Path, inputs: Sequence[Path]) -> None:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"--annotate {directory}: cannot create the directory: "
+                             f"{e.strerror or e}") from e
+        if not directory.is_dir():
+            raise UsageError(f"--annotate {directory}: not a directory")
+        self.directory = directory
+        # An input given as a symlink counts twice: the link itself and the file it names.
+        self._inputs = {i for p in inputs for i in (_identity(p, True), _identity(p, False))
+                        if i is not None}
+        self._taken: set[str] = set()
+
+    def claim(self, source: Path, suffix: str) -> Path | str:
+        """The output path for ``source`` (``<stem><suffix>``, made unique in this run), or
+        why there is none (str)."""
+        n = 0
+        while True:
+            name = f"{source.stem}{f'-{n}' if n else ''}{suffix}"
+            if name not in self._taken:
+                break
+            n += 1
+        self._taken.add(name)
+        out = self.directory / name
+        if _identity(out, False) in self._inputs:
+            return (f"its annotated copy {out} would replace an input file; "
+                    "choose another --annotate directory")
+        return out
+
+    @contextmanager
+    def writing(self, out: Path) -> Iterator[Path]:
+        """A path to write ``out``'s content to; renamed onto ``out`` if the block succeeds."""
+        tmp = Path(tempfile.mkdtemp(prefix=".edged-", dir=self.directory))
+        try:
+            part = tmp / out.name
+            yield part
+            if part.is_file():
+                try:
+                    os.replace(part, out)
+                except OSError as e:
+                    raise UsageError(f"cannot write {out}: {e.strerror or e}") from e
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def run_detect(detector: Detector, paths: Sequence[Path], params: DetectParams,
                annotate_dir: Path | None = None) -> Iterator[FrameResult | SourceError]:
     labels = detector.spec.labels
-    if annotate_dir is not None:
-        annotate_dir.mkdir(parents=True, exist_ok=True)
+    outputs = AnnotateDir(annotate_dir, paths) if annotate_dir is not None else None
     for path in paths:
         if not path.is_file():
             yield SourceError(str(path), "no such file")
             continue
-        img = None if _is_video(path) else _read_image(path)
+        img = None if _is_video(path) else calib.read_image(path)
         if img is None or isinstance(img, str):
-            if _is_video(path) or path.suffix.lower() not in IMAGE_SUFFIXES:
-                yield from _video(detector, path, params, annotate_dir, labels)
+            if _is_video(path) or path.suffix.lower() not in calib.IMAGE_SUFFIXES:
+                yield from _video(detector, path, params, outputs, labels)
             else:
                 yield SourceError(str(path), img or "not a readable image")
             continue
+        out = outputs.claim(path, ".jpg") if outputs is not None else None
+        if isinstance(out, str):
+            yield SourceError(str(path), out)
+            continue
         dets = detector.detect(img, params)
-        if annotate_dir is not None:
-            cv2.imwrite(str(annotate_dir / f"{path.stem}.jpg"), annotate(img, dets, labels))
+        if outputs is not None and out is not None:
+            with outputs.writing(out) as part:
+                if not cv2.imwrite(str(part), annotate(img, dets, labels)):
+                    raise EdgedError(f"cannot write {out}")
+            logger.info("annotated %s: %s", path, out)
         yield FrameResult(str(path), None, img.shape[1], img.shape[0], dets)
 
 
-def _video(detector: Detector, path: Path, params: DetectParams, annotate_dir: Path | None,
+def _video(detector: Detector, path: Path, params: DetectParams, outputs: AnnotateDir | None,
            labels: Sequence[str]) -> Iterator[FrameResult | SourceError]:
-    cap = cv2.VideoCapture(str(path))
-    writer: cv2.VideoWriter | None = None
-    try:
-        ok, frame = cap.read() if cap.isOpened() else (False, None)
-        if not ok or frame is None:
+    cap = calib.open_video(path)
+    if isinstance(cap, str):
+        yield SourceError(str(path), cap)
+        return
+    with contextlib.ExitStack() as stack:
+        stack.callback(cap.release)
+        frame = calib.read_frame(cap)
+        if frame is None:
             yield SourceError(str(path), "not a readable image or video")
             return
-        fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+        writer: cv2.VideoWriter | None = None
+        if outputs is not None:
+            out = outputs.claim(path, "_annotated.mp4")
+            if isinstance(out, str):
+                yield SourceError(str(path), out)
+                return
+            part = stack.enter_context(outputs.writing(out))
+            fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+            writer = cv2.VideoWriter(str(part), cv2.VideoWriter.fourcc(*"mp4v"), fps,
+                                     (frame.shape[1], frame.shape[0]))
+            stack.callback(writer.release)  # runs before the rename
         idx = 0
-        while ok and frame is not None:
+        while frame is not None:
             dets = detector.detect(frame, params)
-            if annotate_dir is not None:
-                if writer is None:
-                    out_path = annotate_dir / f"{path.stem}_annotated.mp4"
-                    writer = cv2.VideoWriter(str(out_path), cv2.VideoWriter.fourcc(*"mp4v"),
-                                             fps, (frame.shape[1], frame.shape[0]))
+            if writer is not None:
                 writer.write(annotate(frame, dets, labels))
             yield FrameResult(str(path), idx, frame.shape[1], frame.shape[0], dets)
             idx += 1
-            ok, frame = cap.read()
-    finally:
-        cap.release()
+            frame = calib.read_frame(cap)
         if writer is not None:
-            writer.release()
+            logger.info("annotated %s: %s", path, out)

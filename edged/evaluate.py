@@ -15,14 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from edged.errors import UsageError
+from edged.export.calib import read_image
 from edged.inference.detector import Detector, DetectParams
+from edged.yamlfile import read_text, show
 
 logger = logging.getLogger(__name__)
 
+# instances_train2017.json is 448 MB; /dev/zero never ends.
+MAX_ANNOTATIONS_BYTES = 1 << 30
 EVAL_PARAMS = DetectParams(conf_threshold=0.001, iou_threshold=0.45, max_detections=100)
 
 # darknet's coco.names spelling -> COCO category name
@@ -52,22 +55,63 @@ class EvalResult:
         return {k: v for k, v in self.__dict__.items()}
 
 
+def _load_coco(path: Path) -> dict[str, Any]:
+    """The COCO instances file, checked for what pycocotools and we index (one line if not)."""
+    text = read_text(path, MAX_ANNOTATIONS_BYTES, "annotations file", UsageError)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from e
+    except RecursionError as e:
+        raise UsageError(f"{path}: nested too deeply to be a COCO instances file") from e
+    if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= set(data):
+        raise UsageError(f"{path}: not a COCO instances file (needs images, annotations "
+                         "and categories)")
+    fields: dict[str, dict[str, type | tuple[type, ...]]] = {
+              "images": {"id": int, "file_name": str},
+              "categories": {"id": int, "name": str},
+              "annotations": {"id": int, "image_id": int, "category_id": int, "bbox": list,
+                              "area": (int, float)}}
+    for key, need in fields.items():
+        items = data[key]
+        if not isinstance(items, list):
+            raise UsageError(f"{path}: '{key}' must be a list, got {type(items).__name__}")
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise UsageError(f"{path}: {key}[{i}] must be an object, got {show(item)}")
+            for name, kind in need.items():
+                if name not in item:
+                    raise UsageError(f"{path}: {key}[{i}] has no '{name}'")
+                v = item[name]
+                if not isinstance(v, kind) or isinstance(v, bool):
+                    raise UsageError(f"{path}: {key}[{i}].{name} is {show(v)}; COCO wants "
+                                     f"{_KIND_NAMES.get(kind, 'a number')}")
+            if key == "annotations":
+                item.setdefault("iscrowd", 0)  # pycocotools needs it; COCO's default
+                if item["iscrowd"] not in (0, 1):
+                    raise UsageError(f"{path}: {key}[{i}].iscrowd is {show(item['iscrowd'])}; "
+                                     "COCO wants 0 or 1")
+            if key == "annotations" and (
+                    len(item["bbox"]) != 4 or not all(isinstance(x, int | float)
+                                                      and not isinstance(x, bool)
+                                                      for x in item["bbox"])):
+                raise UsageError(f"{path}: {key}[{i}].bbox is {show(item['bbox'])}; COCO "
+                                 "wants [x, y, width, height]")
+    return data
+
+
+_KIND_NAMES: dict[type | tuple[type, ...], str] = {int: "an integer", str: "a string",
+                                                   list: "a list"}
+
+
 def evaluate(det: Detector, images_dir: Path, annotations: Path) -> EvalResult:
     try:
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval
     except ImportError as e:
         raise UsageError("edged eval needs pycocotools: pip install 'edged[eval]'") from e
-    try:
-        data = json.loads(annotations.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise UsageError(f"cannot read annotations {annotations}: {e.strerror or e}") from e
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{annotations}: not valid JSON ({e.msg} at line {e.lineno})") from e
-    if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= set(data):
-        raise UsageError(f"{annotations}: not a COCO instances file (needs images, annotations "
-                         "and categories)")
-    cats = {_norm(c["name"]): int(c["id"]) for c in data["categories"]}
+    data = _load_coco(annotations)
+    cats = {_norm(c["name"]): c["id"] for c in data["categories"]}
     label_to_cat: dict[int, int] = {}
     unmatched = []
     for i, label in enumerate(det.spec.labels):
@@ -85,9 +129,10 @@ def evaluate(det: Detector, images_dir: Path, annotations: Path) -> EvalResult:
     results: list[dict[str, Any]] = []
     for img in data["images"]:
         path = images_dir / img["file_name"]
-        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if frame is None:
-            raise UsageError(f"cannot read image {path} (listed in {annotations.name})")
+        frame = read_image(path) if path.is_file() else "no such file"
+        if frame is None or isinstance(frame, str):
+            raise UsageError(f"cannot read image {path} (listed in {annotations.name}): "
+                             f"{frame or 'not a readable image'}")
         dets = det.detect(frame, EVAL_PARAMS)
         for box, score, cls in zip(dets.boxes.tolist(), dets.scores.tolist(),
                                    dets.class_ids.tolist(), strict=True):

@@ -12,7 +12,9 @@ everything the tiny YOLO v2/v3/v4 cfgs use.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,12 @@ from typing import TypeVar
 import numpy as np
 
 from edged.errors import DarknetError
+from edged.yamlfile import read_text, show
+
+# A cfg is text of a few KB (yolov4.cfg: 12 KB); weights above 2 GiB cannot become a TFLite
+# file (its flatbuffer limit).
+MAX_CFG_BYTES = 1 << 20
+MAX_WEIGHTS_BYTES = 1 << 31
 
 # BatchNorm epsilon as darknet (AlexeyAB) and OpenCV's darknet importer apply it:
 # (x - mean) / sqrt(var + 1e-6).
@@ -55,7 +63,7 @@ class CfgSection:
     source: str
 
     def where(self) -> str:
-        return f"{self.source}:{self.line} [{self.kind}]"
+        return f"{self.source}:{self.line} [{_clip(self.kind)}]"
 
     def _get(self, key: str, parse: Callable[[str], T], what: str, default: T | None) -> T:
         raw = self.options.get(key)
@@ -67,7 +75,7 @@ class CfgSection:
             return parse(raw)
         except ValueError:
             raise DarknetError(
-                f"{self.where()}: '{key}' must be {what}, got '{raw}'"
+                f"{self.where()}: '{key}' must be {what}, got {show(raw)}"
             ) from None
 
     def get_int(self, key: str, default: int | None = None) -> int:
@@ -88,6 +96,11 @@ class CfgSection:
                          "a comma-separated list of numbers", default)
 
 
+def _clip(text: str) -> str:
+    """``text`` for an error message: bounded, non-printables escaped, no quotes added."""
+    return show(text)[1:-1]
+
+
 def _split_list(raw: str) -> list[str]:
     items = [v.strip() for v in raw.split(",")]
     items = [v for v in items if v]
@@ -106,14 +119,14 @@ def parse_cfg_sections(text: str, source: str = "cfg") -> list[CfgSection]:
             continue
         if line.startswith("["):
             if not line.endswith("]") or len(line) < 3:
-                raise DarknetError(f"{source}:{lineno}: malformed section header '{line}'")
+                raise DarknetError(f"{source}:{lineno}: malformed section header {show(line)}")
             current = {}
             sections.append(CfgSection(line[1:-1].strip().lower(), lineno, current, source))
             continue
         if current is None:
-            raise DarknetError(f"{source}:{lineno}: '{line}' comes before any [section]")
+            raise DarknetError(f"{source}:{lineno}: {show(line)} comes before any [section]")
         if "=" not in line:
-            raise DarknetError(f"{source}:{lineno}: expected 'key=value', got '{line}'")
+            raise DarknetError(f"{source}:{lineno}: expected 'key=value', got {show(line)}")
         key, value = line.split("=", 1)
         current[key.strip()] = re.sub(r"\s+", "", value)
     if not sections:
@@ -239,10 +252,7 @@ class DarknetNet:
 
 def parse_cfg(path: str | Path) -> DarknetNet:
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8", errors="replace")
-    except OSError as e:
-        raise DarknetError(f"cannot read cfg {p}: {e.strerror or e}") from e
+    text = read_text(p, MAX_CFG_BYTES, "cfg", DarknetError)
     return build_net(parse_cfg_sections(text, source=p.name))
 
 
@@ -284,7 +294,8 @@ def build_net(sections: Sequence[CfgSection]) -> DarknetNet:
         if kind is None:
             supported = ", ".join(sorted(set(_SECTION_ALIASES.values()) - {"net"}))
             raise DarknetError(
-                f"{sec.where()}: unsupported layer type [{sec.kind}] (supported: {supported})"
+                f"{sec.where()}: unsupported layer type [{_clip(sec.kind)}] "
+                f"(supported: {supported})"
             )
         if kind == "net":
             raise DarknetError(f"{sec.where()}: a second [net] section")
@@ -306,7 +317,7 @@ def build_net(sections: Sequence[CfgSection]) -> DarknetNet:
             act = sec.get_str("activation", "logistic")
             if act not in _ACTIVATIONS:
                 raise DarknetError(
-                    f"{sec.where()}: activation '{act}' not supported "
+                    f"{sec.where()}: activation {show(act)} not supported "
                     f"(supported: {', '.join(_ACTIVATIONS)})"
                 )
             oh, top, bottom = _darknet_same_pad(size, stride, padding, h)
@@ -367,7 +378,7 @@ def build_net(sections: Sequence[CfgSection]) -> DarknetNet:
                 )
             act = sec.get_str("activation", "linear")
             if act not in _ACTIVATIONS:
-                raise DarknetError(f"{sec.where()}: activation '{act}' not supported")
+                raise DarknetError(f"{sec.where()}: activation {show(act)} not supported")
             if "weights_type" in sec.options:
                 raise DarknetError(f"{sec.where()}: weighted shortcut is not supported")
             layer = Shortcut(idx, sec.line, in_shape, in_shape, src, act)
@@ -459,40 +470,67 @@ def header_size(major: int, minor: int) -> int:
 
 
 def read_weights(path: str | Path, net: DarknetNet) -> dict[int, ConvParams]:
-    """Read a darknet .weights file for ``net``; it must be consumed exactly."""
+    """Read a darknet .weights file for ``net``; it must be consumed exactly. Its size is
+    checked against what the cfg needs before anything past the header is read."""
     p = Path(path)
     try:
-        blob = p.read_bytes()
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         raise DarknetError(f"cannot read weights {p}: {e.strerror or e}") from e
-    if len(blob) < 12:
-        raise DarknetError(f"{p}: {len(blob)} bytes is too short for a darknet weights header")
-    major, minor, _revision = (int(v) for v in np.frombuffer(blob, "<i4", 3))
-    offset = header_size(major, minor)
-    convs = net.convs
-    expected = offset + sum(c.n_params * 4 for c in convs)
-    if len(blob) < expected:
-        end = offset
-        for conv in convs:  # find the layer the file ends inside
-            if end + conv.n_params * 4 > len(blob):
-                break
-            end += conv.n_params * 4
-        raise DarknetError(
-            f"{p}: weights file is {expected - len(blob)} bytes too short for {net.source}: "
-            f"it ends inside {conv.where(net.source)} ({conv.n_params * 4} bytes needed, "
-            f"{max(len(blob) - end, 0)} left); wrong cfg for these weights, or a truncated file?"
-        )
-    if len(blob) > expected:
-        raise DarknetError(
-            f"{p}: weights file is {len(blob) - expected} bytes too long for {net.source}: "
-            f"bytes remain after the last convolution, {convs[-1].where(net.source)}; "
-            "wrong cfg for these weights?"
-        )
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise DarknetError(f"weights {p} is not a regular file")
+        size = st.st_size
+        if size < 12:
+            raise DarknetError(f"{p}: {size} bytes is too short for a darknet weights header")
+        try:
+            head = f.read(12)
+        except OSError as e:
+            raise DarknetError(f"cannot read weights {p}: {e.strerror or e}") from e
+        major, minor, _revision = (int(v) for v in np.frombuffer(head, "<i4", 3))
+        offset = header_size(major, minor)
+        convs = net.convs
+        expected = offset + sum(c.n_params * 4 for c in convs)
+        if expected > MAX_WEIGHTS_BYTES:
+            raise DarknetError(
+                f"{net.source}: the network needs {expected / 2**30:.1f} GiB of weights; a TFLite "
+                f"file holds at most {MAX_WEIGHTS_BYTES >> 30} GiB")
+        if size < expected:
+            end = offset
+            for conv in convs:  # find the layer the file ends inside
+                if end + conv.n_params * 4 > size:
+                    break
+                end += conv.n_params * 4
+            raise DarknetError(
+                f"{p}: weights file is {expected - size} bytes too short for {net.source}: "
+                f"it ends inside {conv.where(net.source)} ({conv.n_params * 4} bytes needed, "
+                f"{max(size - end, 0)} left); wrong cfg for these weights, or a truncated file?"
+            )
+        if size > expected:
+            raise DarknetError(
+                f"{p}: weights file is {size - expected} bytes too long for {net.source}: "
+                f"bytes remain after the last convolution, {convs[-1].where(net.source)}; "
+                "wrong cfg for these weights?"
+            )
+        try:
+            blob = head + f.read(expected - len(head) + 1)
+        except OSError as e:
+            raise DarknetError(f"cannot read weights {p}: {e.strerror or e}") from e
+    if len(blob) != expected:
+        raise DarknetError(f"{p}: the file changed while it was read ({len(blob)} bytes, "
+                           f"{expected} expected)")
     params: dict[int, ConvParams] = {}
     for conv in convs:
         vals = np.frombuffer(blob, "<f4", conv.n_params, offset)
         offset += conv.n_params * 4
-        params[conv.index] = _conv_params(conv, vals)
+        params[conv.index] = cp = _conv_params(conv, vals)
+        if not (np.isfinite(cp.kernel).all() and np.isfinite(cp.bias).all()):
+            # NaN/inf in the file, or a batch-norm variance below zero: the float model would
+            # compute NaN and TFLite's int8 calibration crashes (SIGSEGV) on it.
+            raise DarknetError(
+                f"{p}: {conv.where(net.source)} has weights that are not finite numbers (NaN, "
+                "inf, or a negative batch-norm variance): not a trained darknet weights file")
     return params
 
 

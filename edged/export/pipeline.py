@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import os
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +21,7 @@ from edged.export.report import QuantReport, int8_agreement
 from edged.export.vela import VelaResult, compile_for_ethosu
 from edged.inference.detector import Detector
 from edged.preprocess import letterbox
+from edged.yamlfile import read_text, show
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +31,7 @@ PAD_VALUE = 127  # darknet letterboxes with 0.5 grey
 # Clamping the int8 graph's head to +-8 (sigmoid(-8) = 0.0003, below any useful threshold)
 # makes the step 2-3x finer. The float32 model is left exact.
 HEAD_CLAMP = 8.0
+MAX_NAMES_BYTES = 1 << 20  # coco.names is 625 bytes; 9000 labels fit many times over
 
 
 @dataclass(frozen=True)
@@ -58,15 +63,47 @@ class ExportResult:
 
 
 def read_labels(path: Path, classes: int) -> tuple[str, ...]:
-    try:
-        labels = tuple(x.strip() for x in path.read_text(encoding="utf-8").splitlines()
-                       if x.strip())
-    except OSError as e:
-        raise UsageError(f"cannot read names file {path}: {e.strerror or e}") from e
+    text = read_text(path, MAX_NAMES_BYTES, "names file", UsageError)
+    labels = tuple(x.strip() for x in text.splitlines() if x.strip())
     if len(labels) != classes:
         raise DarknetError(
             f"{path}: {len(labels)} labels, but the cfg's detection heads have classes={classes}")
     return labels
+
+
+def _is_file_name(name: str) -> bool:
+    return (0 < len(name) <= 128 and name.isprintable() and "/" not in name
+            and not name.startswith("."))
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Write ``path`` through a temporary file in its directory, renamed over it: a symlink
+    planted at ``path`` is replaced, never written through, and no half-written model is left
+    under the final name."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def head_spec(net: DarknetNet) -> sidecar.HeadSpec:
@@ -98,6 +135,11 @@ def export_darknet(req: ExportRequest) -> ExportResult:
         raise UsageError(f"--quant must be per-channel or per-tensor, got {req.quant!r}")
     if req.float_only and (req.vela or req.drop_float):
         raise UsageError("--vela and --drop-float need the int8 model; drop --float-only")
+    if req.name is not None and not _is_file_name(req.name):
+        raise UsageError(f"--name must be a plain file name (at most 128 printable characters, "
+                         f"no '/', not starting with '.'), got {show(req.name)}")
+    if req.out_dir.exists() and not req.out_dir.is_dir():
+        raise UsageError(f"--out {req.out_dir}: not a directory")
     net = parse_cfg(req.cfg)
     if net.channels != 3:
         raise DarknetError(f"{req.cfg}: channels={net.channels}; edged feeds RGB (channels=3)")
@@ -123,11 +165,15 @@ def export_darknet(req: ExportRequest) -> ExportResult:
 
     from edged.export import tfgraph  # TensorFlow only from here on
 
-    req.out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        req.out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {req.out_dir}: cannot create the directory: "
+                         f"{e.strerror or e}") from e
     forward = tfgraph.build_forward(net, params)
     logger.info("converting %s to float32 TFLite", name)
     float_path = req.out_dir / f"{name}_float32.tflite"
-    float_path.write_bytes(tfgraph.convert(forward))
+    _write_file(float_path, tfgraph.convert(forward))
     result = ExportResult(sidecar_path=req.out_dir / f"{name}.yaml", float_path=float_path)
     variants = {"float32": float_path.name, "cpu": float_path.name}
 
@@ -146,8 +192,8 @@ def export_darknet(req: ExportRequest) -> ExportResult:
                     name, req.quant, len(batches))
         int8_path = req.out_dir / f"{name}_int8.tflite"
         forward_q = tfgraph.build_forward(net, params, clamp_logits=HEAD_CLAMP)
-        int8_path.write_bytes(tfgraph.convert(forward_q, True, req.quant == "per-tensor",
-                                              representative))
+        _write_file(int8_path, tfgraph.convert(forward_q, True, req.quant == "per-tensor",
+                                               representative))
         result.int8_path = int8_path
         result.calibration_images = len(batches)
         variants.update(cpu=int8_path.name, vx=int8_path.name)
@@ -160,7 +206,7 @@ def export_darknet(req: ExportRequest) -> ExportResult:
 
     extra: dict[str, object] = {
         "source": {"cfg": req.cfg.name, "weights": req.weights.name,
-                   "weights_sha256": hashlib.sha256(req.weights.read_bytes()).hexdigest()},
+                   "weights_sha256": _sha256(req.weights)},
     }
     quant_info: dict[str, object] = {"scheme": req.quant, "calibration_images": len(samples),
                                      "head_logit_clamp": HEAD_CLAMP}
