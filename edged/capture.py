@@ -9,20 +9,35 @@ it, reports ``source_down`` and reopens it with bounded exponential backoff, for
 from __future__ import annotations
 
 import logging
+import os
+import re
+import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
 
+from edged._native import native_lines
 from edged.errors import ConfigError
 from edged.stage import StageThread
 
 logger = logging.getLogger(__name__)
 
 _URL_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://")
+
+
+_USERINFO = re.compile(r"([a-z][a-z0-9+.-]*://[^/@:\s]*):[^/@\s]*@", re.I)
+
+
+def shown(text: str) -> str:
+    """``text`` (a source, a reason) as logs and status show it: a URL's password is ``***``
+    (status messages go to every subscriber, the journal to every admin)."""
+    return _USERINFO.sub(r"\1:***@", text)
 
 
 def classify_source(source: str) -> str:
@@ -123,8 +138,124 @@ def _open(spec: SourceSpec) -> cv2.VideoCapture:
     return cv2.VideoCapture(spec.source, cv2.CAP_FFMPEG, params)
 
 
+PROBE_MAX_S = 2.0  # the longest a "why can it not be opened" look may take
+MAX_REASON_CHARS = 200
+
+# FFmpeg's own account of a failed open, as it writes it to stderr (under `edged run` these
+# lines come back to us through edged._native): "[tcp @ 0x55d2...] Connection to
+# tcp://127.0.0.1:8554?timeout=0 failed: Connection refused", "[tcp @ 0x...] Failed to resolve
+# hostname cam.local: Name or service not known", "[rtsp @ 0x...] method DESCRIBE failed: 404
+# Not Found", "[mov,mp4,m4a,3gp,3g2,mj2 @ 0x...] moov atom not found".
+_FFMPEG_LINE = re.compile(r"^\[[\w,.-]+ @ 0x[0-9a-f]+\] (.+)$")
+_FFMPEG_CONNECT = re.compile(r"Connection to \w+://([^?/\s]+)\S* failed: (.+)$")
+_FFMPEG_RESOLVE = re.compile(r"Failed to resolve hostname (\S+): (.+)$")
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= MAX_REASON_CHARS else text[:MAX_REASON_CHARS - 3] + "..."
+
+
+def _ffmpeg_says(native: Sequence[str]) -> str | None:
+    """The reason in FFmpeg's last complaint, if it made one."""
+    said = [m.group(1).strip() for ln in native if (m := _FFMPEG_LINE.match(ln.strip()))]
+    for msg in reversed(said):
+        if m := _FFMPEG_CONNECT.search(msg):
+            err = m.group(2).strip()
+            if err == "Immediate exit requested":  # OpenCV's open timeout interrupted it
+                err = "timed out"
+            return f"cannot connect to {m.group(1)}: {err}"
+        if m := _FFMPEG_RESOLVE.search(msg):
+            return f"cannot resolve host {m.group(1)}: {m.group(2).strip()}"
+    return said[-1] if said else None
+
+
+def _resolves(host: str, timeout_s: float, stop: threading.Event) -> str | None:
+    """getaddrinfo bounded in time (it has none of its own) and by ``stop``: None if the host
+    resolves (or we were stopped), else why not. No connection is made: a probe connection
+    would take one of the camera's client slots (a one-client server would serve the probe)."""
+    result: list[BaseException | None] = []
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+            result.append(None)
+        except (OSError, UnicodeError) as e:
+            result.append(e)
+        done.set()
+
+    threading.Thread(target=work, name="edged-resolve", daemon=True).start()
+    deadline = time.monotonic() + timeout_s
+    while not done.wait(min(0.1, max(deadline - time.monotonic(), 0.0))):
+        if stop.is_set():
+            return None
+        if time.monotonic() >= deadline:
+            return f"cannot resolve host {host} (no answer in {timeout_s:g} s)"
+    err = result[0]
+    if err is None:
+        return None
+    detail = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+    return f"cannot resolve host {host}: {detail}"
+
+
+def _why_path(path: str, what: str) -> str:
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        return f"{what} not found" if what == "file" else f"{path} not found"
+    except OSError as e:
+        return f"cannot open {path}: {e.strerror or e}"
+    if not os.access(p, os.R_OK if what == "file" else os.R_OK | os.W_OK):
+        return f"{path}: permission denied"
+    if what == "file":
+        return "empty file" if st.st_size == 0 else "not a readable video"
+    return f"cannot open {path} (busy, or not a capture device)"
+
+
+def why_cannot_open(spec: SourceSpec, native: Sequence[str] = (),
+                    stop: threading.Event | None = None) -> str:
+    """Why ``spec.source`` did not open, found out cheaply: the reason reported in status
+    instead of a bare "cannot open".
+
+    ``native``: what native code wrote to stderr during the open (``edged._native``
+    collects it under ``edged run``): FFmpeg says why a stream failed (refused, unresolvable,
+    404, not a video). Besides that, only looks that cost nothing and disturb nobody: a stat of
+    a file or device, a host name lookup (at most ~2 s, given up when ``stop`` is set)."""
+    kind = classify_source(spec.source)
+    said = _ffmpeg_says(native) if kind in ("url", "file") else None
+    if kind == "url":
+        if said:
+            return _short(said if said.startswith("cannot ") else f"cannot open: {said}")
+        try:
+            host = urlsplit(spec.source).hostname
+        except ValueError:
+            return "cannot open: not a valid URL"
+        timeout_s = min(max(spec.stall_timeout_s, 0.1), PROBE_MAX_S)
+        return (host and _resolves(host, timeout_s, stop or threading.Event())) or "cannot open"
+    if kind == "file":
+        reason = _why_path(spec.source, "file")
+        return _short(f"{reason} ({said})") if said and reason == "not a readable video" \
+            else reason
+    if kind == "v4l2":
+        src = spec.source
+        return _why_path(f"/dev/video{int(src)}" if src.isascii() and src.isdigit() else src,
+                         "device")
+    return "cannot open the GStreamer pipeline"
+
+
+def _size(wh: tuple[int, int]) -> str:
+    return f"{wh[0]}x{wh[1]}"
+
+
 class CaptureThread(StageThread):
-    """Owns the VideoCapture; fills ``slot``; calls ``on_state(up: bool, reason)`` on changes."""
+    """Owns the VideoCapture; fills ``slot``; calls ``on_state(up: bool, reason)`` when the
+    source comes up, goes down, or stays down for another reason.
+
+    ``frame_size``: (width, height) of the last frame the source delivered, before any resize
+    to the configured size; None until the first frame. Frames put into the slot have the
+    configured size when one is set for a camera/stream (the size detections refer to).
+    """
 
     def __init__(self, spec: SourceSpec, slot: LatestFrameSlot,
                  on_state: Callable[[bool, str], None]) -> None:
@@ -139,27 +270,62 @@ class CaptureThread(StageThread):
         self.reconnects = 0
         self._seq = 0
         self._up: bool | None = None
+        self._reason = ""
+        self.frame_size: tuple[int, int] | None = None
 
     def _state(self, up: bool, reason: str) -> None:
-        if up != self._up:
-            self._up = up
-            if up:
-                logger.info("source %s is up", self.spec.source)
-            else:
-                logger.warning("source %s is down: %s", self.spec.source, reason)
-            self._on_state(up, reason)
+        """Report a change: up/down, or a new reason while down (reconnects failing now for
+        another reason than the one that took the source down)."""
+        if up == self._up and (up or reason == self._reason):
+            return
+        flipped = up != self._up
+        self._up = up
+        self._reason = "" if up else reason
+        if up:
+            logger.info("source %s is up", shown(self.spec.source))
+        elif flipped:
+            logger.warning("source %s is down: %s", shown(self.spec.source), shown(reason))
+        else:
+            logger.warning("source %s is still down: %s", shown(self.spec.source),
+                           shown(reason))
+        self._on_state(up, reason)
+
+    def _check_size(self, image: np.ndarray, is_file: bool) -> None:
+        """One warning per change of the size the source delivers, and when it is not the
+        configured size (the frame is then resized)."""
+        size = (int(image.shape[1]), int(image.shape[0]))
+        if size == self.frame_size:
+            return
+        old, self.frame_size = self.frame_size, size
+        if old is not None:
+            logger.warning("source %s changed resolution from %s to %s",
+                           shown(self.spec.source),
+                           _size(old), _size(size))
+        want = (self.spec.width, self.spec.height)
+        if want[0] and want[1] and not is_file and size != want:
+            logger.warning("source %s delivers %s, not the configured %dx%d: resized",
+                           shown(self.spec.source), _size(size), want[0], want[1])
 
     def _run(self) -> None:
         backoff = self.spec.reconnect_initial_s
         while not self._stop.is_set():
+            native: list[str] = []
             try:
-                cap = _open(self.spec)
+                with native_lines() as said:  # FFmpeg's word on why an open fails
+                    cap = _open(self.spec)
+                    if not cap.isOpened():
+                        native = said()
             except ConfigError as e:  # cannot ever work: report and wait for a reload/stop
                 self._state(False, str(e))
                 self._stop.wait(self.spec.reconnect_max_s)
                 continue
             try:
-                reason = self._pump(cap) if cap.isOpened() else "cannot open"
+                if cap.isOpened():
+                    reason = self._pump(cap)
+                elif self._stop.is_set():
+                    break
+                else:
+                    reason = why_cannot_open(self.spec, native, self._stop)
             except cv2.error as e:
                 reason = f"OpenCV error: {str(e).strip().splitlines()[-1]}"
             finally:
@@ -170,7 +336,7 @@ class CaptureThread(StageThread):
                 backoff = self.spec.reconnect_initial_s  # it worked for a while: start over
             self._state(False, reason)
             self.reconnects += 1
-            logger.debug("reconnecting to %s in %.2f s", self.spec.source, backoff)
+            logger.debug("reconnecting to %s in %.2f s", shown(self.spec.source), backoff)
             self._stop.wait(backoff)
             backoff = min(backoff * 2, self.spec.reconnect_max_s)
 
@@ -205,6 +371,7 @@ class CaptureThread(StageThread):
             rewound = False
             if image.ndim == 2:
                 image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+            self._check_size(image, is_file)
             if self.spec.width and self.spec.height and not is_file and \
                     (image.shape[1], image.shape[0]) != (self.spec.width, self.spec.height):
                 image = cv2.resize(image, (self.spec.width, self.spec.height))

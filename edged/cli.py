@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +22,48 @@ if TYPE_CHECKING:
     from edged.inference.engine import Engine
 
 logger = logging.getLogger("edged")
+
+
+# Every command refuses images above this many pixels before decoding them (OpenCV's own bound
+# is 2**30: a 20000x20000 PNG took 2.4 GB); videos are held to the same (edged.export.calib).
+MAX_IMAGE_PIXELS = 1 << 27
+# The bounds of the command-line numbers, the same as the config's where it has the setting.
+THREADS = (1, 64)
+MAX_DETECTIONS = (1, 10_000)
+RUNS = (1, 100_000)
+SUB_TIMEOUT_S = (0.0, 86_400.0)
+SUB_COUNT = (0, 1 << 31)
+
+
+def _number(kind: type[int] | type[float], lo: float, hi: float) -> Callable[[str], int | float]:
+    """An argparse ``type=`` for a finite number in [lo, hi] (refuses nan and inf too)."""
+    what = "an integer" if kind is int else "a number"
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {_shown(text)}") from None
+        if not lo <= value <= hi:  # False for nan
+            raise argparse.ArgumentTypeError(f"must be {what} in [{lo:g}, {hi:g}], got "
+                                             f"{_shown(text)}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its own messages
+    return parse
+
+
+def _shown(text: str) -> str:
+    return text if len(text) <= 40 and text.isprintable() else repr(text[:40]) + "..."
+
+
+def _printable(text: str) -> str:
+    r"""``text`` with every non-printable character escaped (``\x1b``, ``\n``): what a
+    publisher or a model file names must not drive the terminal or forge lines."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,7 +97,8 @@ def _add_export(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--float-only", action="store_true", help="write only the float32 model")
     p.add_argument("--drop-float", action="store_true",
                    help="delete the float32 model after the int8 report (what the package ships)")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for the report")
+    p.add_argument("--threads", type=_number(int, *THREADS), default=2,
+                   help=f"CPU threads for the report ({THREADS[0]}..{THREADS[1]}, default 2)")
     p.set_defaults(func=_cmd_export)
 
 
@@ -77,9 +120,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     print(f"sidecar  {res.sidecar_path}")
     if res.report:
         for line in res.report.lines():
-            print(line)
+            print(_printable(line))  # it names the labels of the --names file
     for note in res.notes:
-        print(f"note: {note}")
+        print(f"note: {_printable(note)}")
     return EXIT_OK
 
 
@@ -93,7 +136,8 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
                    help="option passed to the delegate (repeatable)")
     g.add_argument("--require-accelerator", action="store_true",
                    help="fail (exit 3) instead of falling back to the CPU")
-    g.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    g.add_argument("--threads", type=_number(int, *THREADS), default=2,
+                   help=f"CPU threads ({THREADS[0]}..{THREADS[1]}, default 2)")
     g.add_argument("--runtime", default="auto",
                    help="auto | ai_edge_litert | tflite_runtime | tensorflow (default auto)")
     g.add_argument("--cache-dir", type=Path, default=None, help="NPU graph cache directory")
@@ -115,21 +159,27 @@ def _open_engine(args: argparse.Namespace) -> Engine:
         delegate=args.delegate, delegate_options=options,
         require_accelerator=args.require_accelerator, runtime=args.runtime,
         num_threads=args.threads, cache_dir=args.cache_dir, sysfs_root=args.sysfs_root))
-    logger.info("model %s on %s (%s, %d threads)%s", engine.model_name, engine.backend,
-                engine.runtime, args.threads,
-                f"; fallback: {engine.fallback_reason}" if engine.fallback_reason else "")
+    logger.info("model %s on %s (%s, %d threads)%s", _printable(engine.model_name),
+                engine.backend, engine.runtime, args.threads,
+                f"; fallback: {_printable(engine.fallback_reason)}"
+                if engine.fallback_reason else "")
     return engine
 
 
 def _detect_params(args: argparse.Namespace) -> DetectParams:
     from edged.inference.detector import DetectParams
 
-    for name in ("conf", "iou"):
-        v = getattr(args, name)
-        if not 0.0 <= v <= 1.0:
-            raise UsageError(f"--{name} must be in [0, 1], got {v}")
     return DetectParams(conf_threshold=args.conf, iou_threshold=args.iou,
                         max_detections=args.max_detections)
+
+
+def _add_detect_params(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--conf", type=_number(float, 0.0, 1.0), default=0.25,
+                   help="score threshold (0..1, default 0.25)")
+    p.add_argument("--iou", type=_number(float, 0.0, 1.0), default=0.45,
+                   help="NMS IoU threshold (0..1, default 0.45)")
+    p.add_argument("--max-detections", type=_number(int, *MAX_DETECTIONS), default=100,
+                   help=f"{MAX_DETECTIONS[0]}..{MAX_DETECTIONS[1]} (default 100)")
 
 
 def _add_detect(sub: argparse._SubParsersAction[_Parser]) -> None:
@@ -140,21 +190,12 @@ def _add_detect(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per image/frame")
     p.add_argument("--annotate", type=Path, metavar="DIR",
                    help="write images (and videos) with boxes drawn into DIR")
-    p.add_argument("--conf", type=float, default=0.25, help="score threshold (default 0.25)")
-    p.add_argument("--iou", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
-    p.add_argument("--max-detections", type=int, default=100)
+    _add_detect_params(p)
     _add_engine_options(p)
     p.set_defaults(func=_cmd_detect)
 
 
-# `edged detect` refuses images above this many pixels before decoding them (OpenCV's own
-# bound is 2**30: a 20000x20000 PNG took 2.4 GB).
-DETECT_MAX_IMAGE_PIXELS = 1 << 27
-
-
 def _cmd_detect(args: argparse.Namespace) -> int:
-    # OpenCV reads its bound once, when it loads; the user's own setting wins.
-    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(DETECT_MAX_IMAGE_PIXELS))
     from edged.detect_files import FrameResult, run_detect
     from edged.messages import detection_dicts
 
@@ -165,7 +206,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     for res in run_detect(engine.detector, args.paths, params, args.annotate):
         if not isinstance(res, FrameResult):
             failed += 1
-            print(f"edged: error: {res.source}: {res.message}", file=sys.stderr)
+            print(f"edged: error: {_printable(res.source)}: {res.message}", file=sys.stderr)
             continue
         dets = detection_dicts(res.detections, labels, res.width, res.height)
         if args.json:
@@ -175,8 +216,9 @@ def _cmd_detect(args: argparse.Namespace) -> int:
             obj.update(width=res.width, height=res.height, detections=dets)
             print(json.dumps(obj), flush=True)
         else:
-            where = res.source + (f"#{res.frame}" if res.frame is not None else "")
-            found = ", ".join(f"{d['label']} {d['score']:.2f}" for d in dets) or "nothing"
+            where = _printable(res.source) + (f"#{res.frame}" if res.frame is not None else "")
+            found = ", ".join(f"{_printable(str(d['label']))} {d['score']:.2f}"
+                              for d in dets) or "nothing"
             print(f"{where}: {found}", flush=True)
     return EXIT_USAGE if failed else EXIT_OK
 
@@ -185,12 +227,11 @@ def _add_bench(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("bench", help="measure preprocess, invoke and decode+NMS latency",
                        description="Latency of each stage on one real 1280x720 frame, and the "
                                    "vectorized decoder against a per-anchor Python loop.")
-    p.add_argument("--runs", type=int, default=50, help="timed runs per stage (default 50)")
+    p.add_argument("--runs", type=_number(int, *RUNS), default=50,
+                   help="timed runs per stage (default 50)")
     p.add_argument("--image", type=Path, help="frame to use (default: the bundled clip)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
-    p.add_argument("--conf", type=float, default=0.25)
-    p.add_argument("--iou", type=float, default=0.45)
-    p.add_argument("--max-detections", type=int, default=100)
+    _add_detect_params(p)
     _add_engine_options(p)
     p.set_defaults(func=_cmd_bench)
 
@@ -198,12 +239,13 @@ def _add_bench(sub: argparse._SubParsersAction[_Parser]) -> None:
 def _bench_frame(path: Path | None) -> np.ndarray:
     import cv2
 
+    from edged.export.calib import read_image
     from edged.media import SAMPLE_CLIP
 
     if path is not None:
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if img is None:
-            raise UsageError(f"cannot read image {path}")
+        img = read_image(path) if path.is_file() else "no such file"
+        if img is None or isinstance(img, str):
+            raise UsageError(f"cannot read image {path}: {img or 'not a readable image'}")
         return img
     cap = cv2.VideoCapture(str(SAMPLE_CLIP))
     cap.set(cv2.CAP_PROP_POS_FRAMES, 130)  # a frame with a bird in it
@@ -217,8 +259,6 @@ def _bench_frame(path: Path | None) -> np.ndarray:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from edged.bench import run_bench
 
-    if args.runs < 1:
-        raise UsageError(f"--runs must be >= 1, got {args.runs}")
     params = _detect_params(args)
     frame = _bench_frame(args.image)
     engine = _open_engine(args)
@@ -227,8 +267,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(r.as_dict()))
         return EXIT_OK
-    print(f"model {r.model} ({r.model_file}) on {r.backend} via {r.runtime}, "
-          f"{r.threads} threads, frame {r.frame[0]}x{r.frame[1]}, {r.detections} detections")
+    print(f"model {_printable(r.model)} ({_printable(r.model_file)}) on {r.backend} via "
+          f"{r.runtime}, {r.threads} threads, frame {r.frame[0]}x{r.frame[1]}, "
+          f"{r.detections} detections")
     print(f"{'stage':<28}{'runs':>6}{'min ms':>10}{'median ms':>11}{'p90 ms':>10}")
     for name, t in (("preprocess (letterbox)", r.preprocess), ("invoke", r.invoke),
                     ("decode+NMS (edged)", r.decode_nms),
@@ -259,11 +300,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(r.as_dict()))
         return EXIT_OK
-    print(f"{r.images} images, model {engine.model_name} on {engine.backend}")
+    print(f"{r.images} images, model {_printable(engine.model_name)} on {engine.backend}")
     print(f"AP {r.ap:.3f}  AP50 {r.ap50:.3f}  AP75 {r.ap75:.3f}  "
           f"AP_small {r.ap_small:.3f}  AP_medium {r.ap_medium:.3f}  AP_large {r.ap_large:.3f}")
     for name, ap in sorted(r.per_class.items(), key=lambda kv: -kv[1]):
-        print(f"  {name:<20} AP {ap:.3f}")
+        print(f"  {_printable(name):<20} AP {ap:.3f}")
     if r.unmatched_labels:
         print(f"note: {len(r.unmatched_labels)} model labels match no annotated category")
     return EXIT_OK
@@ -279,16 +320,23 @@ def _add_run(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from edged._native import NativeOutputForwarder
+    from edged.log import under_journal
     from edged.signals import PendingSignals
 
     pending = PendingSignals.install()  # before the heavy imports below
     from edged.config import default_config, load_config
-    from edged.service import Service
 
     cfg = load_config(args.config) if args.config else default_config()
-    if not args.verbose:
-        logging.getLogger().setLevel(cfg.log_level.upper())
-    return Service(cfg, args.config, pending=pending).run()
+    level = "debug" if args.verbose else cfg.log_level
+    logging.getLogger().setLevel(level.upper())
+    # What OpenCV/FFmpeg/TFLite write on fds 1/2 becomes lines with a priority (a process of
+    # its own writes them: edged._nativelog).
+    with NativeOutputForwarder() as native:
+        native.start(journal=under_journal(), level=level)
+        from edged.service import Service
+
+        return Service(cfg, args.config, pending=pending).run()
 
 
 def _add_check_config(sub: argparse._SubParsersAction[_Parser]) -> None:
@@ -312,9 +360,11 @@ def _add_sub(sub: argparse._SubParsersAction[_Parser]) -> None:
                    metavar="ENDPOINT", help="default tcp://127.0.0.1:5556")
     p.add_argument("--topic", action="append", default=[], metavar="PREFIX",
                    help="topic prefix, e.g. det/ or status/balcony (repeatable; default all)")
-    p.add_argument("--count", type=int, default=0, help="stop after N messages")
-    p.add_argument("--timeout", type=float, default=0.0,
-                   help="give up after this many seconds without a message (0: wait forever)")
+    p.add_argument("--count", type=_number(int, *SUB_COUNT), default=0,
+                   help="stop after N messages (default 0: never)")
+    p.add_argument("--timeout", type=_number(float, *SUB_TIMEOUT_S), default=0.0,
+                   help="give up after this many seconds without a message (at most "
+                        f"{SUB_TIMEOUT_S[1]:g}; default 0: wait forever)")
     p.add_argument("--json", action="store_true", help="print each payload as raw JSON")
     p.add_argument("--server-key", type=Path, help="CURVE: the server's public certificate")
     p.add_argument("--client-cert", type=Path, help="CURVE: this client's secret certificate")
@@ -342,13 +392,15 @@ def _cmd_sub(args: argparse.Namespace) -> int:
                 print(json.dumps(msg.raw), flush=True)
             elif isinstance(msg, DetMessage):
                 found = ", ".join(
-                    f"{d.label} {d.score:.2f} at ({d.box[0]:.0f},{d.box[1]:.0f})-"
+                    f"{_printable(d.label)} {d.score:.2f} at ({d.box[0]:.0f},{d.box[1]:.0f})-"
                     f"({d.box[2]:.0f},{d.box[3]:.0f})" for d in msg.detections) or "-"
-                print(f"{msg.topic} #{msg.seq} frame {msg.frame_seq} "
+                print(f"{_printable(msg.topic)} #{msg.seq} frame {msg.frame_seq} "
                       f"{msg.latency_ms['total']:.1f} ms: {found}", flush=True)
             else:
-                fb = f" (fallback: {msg.fallback_reason})" if msg.fallback_reason else ""
-                print(f"{msg.topic} {msg.state} on {msg.backend}{fb}: {msg.fps_in:.1f} fps in, "
+                fb = (f" (fallback: {_printable(msg.fallback_reason)})"
+                      if msg.fallback_reason else "")
+                print(f"{_printable(msg.topic)} {_printable(msg.state)} on "
+                      f"{_printable(msg.backend)}{fb}: {msg.fps_in:.1f} fps in, "
                       f"{msg.fps_out:.1f} fps out, {msg.frames_dropped} dropped", flush=True)
     return EXIT_OK
 
@@ -369,6 +421,9 @@ def build_parser() -> _Parser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # OpenCV reads its image bound once, when it loads: set before any command imports cv2.
+    # The user's own setting wins.
+    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_cli_logging(args.verbose)

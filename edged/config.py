@@ -9,42 +9,26 @@ from __future__ import annotations
 
 import difflib
 import re
-import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from edged import sidecar
 from edged.errors import ConfigError, ModelError
 from edged.inference.engine import BUILTIN_DELEGATES
 from edged.media import SAMPLE_CLIP
 from edged.models import DEFAULT_MODEL
+from edged.yamlfile import MAX_VALUES, parse, read_text, show
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # used with fullmatch: "$" accepts a final "\n"
 # A config file is small: anything larger, or expanding (YAML aliases) into more values, is a
 # mistake or an attack; both are refused before they can cost memory or time.
 MAX_CONFIG_BYTES = 1 << 20
-MAX_CONFIG_VALUES = 100_000
+MAX_CONFIG_VALUES = MAX_VALUES
+# Every string goes into status messages or paths: PATH_MAX bounds them all.
+MAX_STRING = 4096
 MAX_DEVICE_INDEX = 1023  # V4L2 camera indexes (/dev/videoN); OpenCV takes a C int
-
-
-def _bounded_repr() -> reprlib.Repr:
-    r = reprlib.Repr()
-    r.maxstring = r.maxother = 80
-    r.maxlist = r.maxtuple = r.maxdict = r.maxset = 6
-    r.maxlevel = 3
-    return r
-
-
-_SHOW = _bounded_repr()
-
-
-def show(value: Any) -> str:
-    """``repr`` bounded in size and depth: error messages never echo a value whole."""
-    return _SHOW.repr(value)
 _TCP_RE = re.compile(r"^tcp://(\*|[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]):(\d{1,5})$")
 
 
@@ -143,10 +127,12 @@ class _V:
     def check_keys(self, allowed: set[str]) -> None:
         for k in self.data:
             if k not in allowed:
-                near = difflib.get_close_matches(str(k), sorted(allowed), 1)
+                near = difflib.get_close_matches(k, sorted(allowed), 1) \
+                    if isinstance(k, str) and len(k) <= 100 else []
                 hint = f" (did you mean '{near[0]}'?)" if near else \
                     f" (allowed: {', '.join(sorted(allowed))})"
-                raise self.fail(str(k), f"unknown key{hint}")
+                raise self.fail(show(k)[1:-1] if isinstance(k, str) else show(k),
+                                f"unknown key{hint}")
 
     def get(self, k: str, default: Any, check: Callable[[Any], Any], what: str) -> Any:
         if k not in self.data or (self.data[k] is None and default is None):
@@ -182,9 +168,9 @@ class _V:
                              "true or false"))
 
     def get_str(self, k: str, default: str | None) -> str | None:
-        out: str | None = self.get(k, default,
-                                   lambda v: v if isinstance(v, str) and v else None,
-                                   "a non-empty string")
+        out: str | None = self.get(
+            k, default, lambda v: v if isinstance(v, str) and 0 < len(v) <= MAX_STRING else None,
+            f"a non-empty string of at most {MAX_STRING} characters")
         return out
 
     def sub(self, k: str) -> _V:
@@ -204,6 +190,8 @@ def _check_source(v: _V) -> str:
         raise v.fail("source", f"expected a device, URL, pipeline or file, got {show(raw)}")
     if "\0" in raw:
         raise v.fail("source", f"contains a NUL byte: {show(raw)}")
+    if len(raw) > MAX_STRING:
+        raise v.fail("source", f"longer than {MAX_STRING} characters: {show(raw)}")
     return raw.strip()
 
 
@@ -270,7 +258,7 @@ def _detection(v: _V, labels: tuple[str, ...]) -> DetectionConfig:
     thresholds: dict[str, float] = {}
     for label in ct.data:
         if label not in labels:
-            raise ct.fail(str(label), _unknown_label(str(label), labels))
+            raise ct.fail(show(label), _unknown_label(label, labels))
         val = ct.get_num(str(label), None, 0.0, 1.0)
         assert val is not None
         thresholds[str(label)] = val
@@ -281,7 +269,7 @@ def _detection(v: _V, labels: tuple[str, ...]) -> DetectionConfig:
             raise v.fail("classes", f"expected a non-empty list of labels, got {show(raw)}")
         for i, label in enumerate(raw):
             if label not in labels:
-                raise v.fail(f"classes[{i}]", _unknown_label(str(label), labels))
+                raise v.fail(f"classes[{i}]", _unknown_label(label, labels))
         classes = tuple(str(x) for x in raw)
     return DetectionConfig(
         conf_threshold=v.get_num("conf_threshold", 0.25, 0.0, 1.0) or 0.0,
@@ -291,16 +279,22 @@ def _detection(v: _V, labels: tuple[str, ...]) -> DetectionConfig:
         min_box_area=v.get_num("min_box_area", 0.0, 0.0, 1e9) or 0.0)
 
 
-def _unknown_label(label: str, labels: tuple[str, ...]) -> str:
-    near = difflib.get_close_matches(label, labels, 1)
-    return f"'{label}' is not a label of the model" + (f" (did you mean '{near[0]}'?)"
-                                                       if near else "")
+def _unknown_label(label: Any, labels: tuple[str, ...]) -> str:
+    near = difflib.get_close_matches(label, labels, 1) if isinstance(label, str) and \
+        len(label) <= 100 else []
+    return f"{show(label)} is not a label of the model" + (f" (did you mean '{near[0]}'?)"
+                                                           if near else "")
 
 
 def check_endpoint(ep: str) -> str | None:
     """None if ``ep`` is a valid tcp/ipc endpoint, else what is wrong with it."""
     if ep.startswith("ipc://"):
-        return None if len(ep) > 6 else "ipc:// needs a path"
+        if len(ep) == 6:
+            return "ipc:// needs a path"
+        # a Unix socket address holds 107 bytes of path (sun_path)
+        return None if len(ep[6:].encode()) <= 107 else "an ipc path may have 107 bytes at most"
+    if len(ep) > 300:
+        return "too long for a tcp endpoint"
     m = _TCP_RE.match(ep)
     if not m:
         return "expected tcp://HOST:PORT or ipc:///path"
@@ -374,58 +368,16 @@ def parse_config(data: Any, where: str = "config") -> Config:
     )
 
 
-def _count_values(data: Any, budget: int) -> int:
-    """How many values ``data`` expands to, counting shared (aliased) nodes every time they
-    are reached; stops counting at ``budget``: O(budget), whatever the aliases multiply to."""
-    count = 0
-    stack = [data]
-    while stack and count <= budget:
-        item = stack.pop()
-        count += 1
-        if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return count
-
-
 def read_config_text(path: Path) -> str:
-    """The file's text: at most MAX_CONFIG_BYTES, UTF-8; ConfigError naming the problem."""
-    try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)
-    except OSError as e:
-        raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from e
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES // 1024} KiB: not a config "
-                          "file")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} on line {line}); "
-                          "save the file as UTF-8") from e
+    """The file's text: a regular file, at most MAX_CONFIG_BYTES, UTF-8; ConfigError naming
+    the problem."""
+    return read_text(path, MAX_CONFIG_BYTES, "config file", ConfigError)
 
 
 def load_config(path: Path) -> Config:
-    text = read_config_text(path)
-    # libyaml's loader when PyYAML was built with it: faster, same safe constructors.
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    try:
-        data = yaml.load(text, Loader=loader)  # a safe loader (no arbitrary objects)
-    except RecursionError as e:
-        raise ConfigError(f"{path}: nested too deeply") from e
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or "syntax error"
-        raise ConfigError(f"{path}: not valid YAML{at}: {problem}") from e
+    data = parse(read_config_text(path), str(path), ConfigError, MAX_CONFIG_VALUES)
     if data is None:
         # Never "all defaults": an empty file is a mistake or a half-written edit (a SIGHUP
         # arriving between truncate and write), and the defaults would rebind the socket.
         raise ConfigError(f"{path}: the file is empty (run without --config for the defaults)")
-    if _count_values(data, MAX_CONFIG_VALUES) > MAX_CONFIG_VALUES:
-        raise ConfigError(f"{path}: expands to more than {MAX_CONFIG_VALUES} values (YAML "
-                          "aliases nested too deep?): not a config file")
     return parse_config(data, str(path))

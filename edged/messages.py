@@ -52,12 +52,16 @@ def status_message(*, camera: str, seq: int, state: str, ts_ns: int, uptime_s: f
                    model: str, backend: str, fallback_reason: str | None, runtime: str,
                    fps_in: float, fps_out: float, frames_in: int, frames_out: int,
                    frames_dropped: int, source: str, source_reason: str | None,
+                   source_size: tuple[int, int] | None,
                    reconnects: int, latency_ms: dict[str, dict[str, float]],
-                   published_dropped: int) -> dict[str, Any]:
+                   published_dropped: int, endpoints: Sequence[str],
+                   reload: dict[str, Any] | None) -> dict[str, Any]:
     return {"v": SCHEMA_VERSION, "kind": "status", "camera": camera, "seq": seq,
             "state": state, "ts_ns": ts_ns, "uptime_s": round(uptime_s, 3), "model": model,
             "backend": backend, "fallback_reason": fallback_reason, "runtime": runtime,
             "fps_in": round(fps_in, 2), "fps_out": round(fps_out, 2), "frames_in": frames_in,
             "frames_out": frames_out, "frames_dropped": frames_dropped,
-            "source": {"uri": source, "reason": source_reason, "reconnects": reconnects},
-            "latency_ms": latency_ms, "publish_dropped": published_dropped}
+            "source": {"uri": source, "reason": source_reason, "reconnects": reconnects,
+                       "size": list(source_size) if source_size else None},
+            "latency_ms": latency_ms, "publish_dropped": published_dropped,
+            "endpoints": list(endpoints), "reload": reload}

@@ -14,6 +14,7 @@ import os
 import queue
 import socket
 import stat
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,8 +24,8 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from edged.config import PublishConfig
-from edged.errors import ConfigError, EdgedError
+from edged.config import CurveConfig, PublishConfig
+from edged.errors import ConfigError, EdgedError, first_line
 from edged.messages import encode, topic
 from edged.stage import StageThread
 
@@ -39,10 +40,62 @@ QUEUE_SIZE = 16
 # strangers need CURVE with authorized_keys_dir: unknown peers are refused before they can
 # subscribe (README, "Encryption and access control").
 MAX_INBOUND_BYTES = 4096
+RELISTEN_WAIT_S = 2.0  # how long an endpoint we unbound may take to be free again
+REBIND_RETRY_S = 2.0  # an endpoint lost in a failed re-listen is bound again this often
+ZAP_DOMAIN = b"edged"
+LOOPBACK_HOSTS = ("localhost", "[::1]", "ip6-localhost")
 
 
 class PublishError(ConfigError):
     """An endpoint cannot be bound (busy port, ipc path held by another process, ...)."""
+
+
+def _server_key(curve: CurveConfig) -> tuple[bytes, bytes]:
+    try:
+        public, secret = zmq.auth.load_certificate(str(curve.server_secret_key))
+    except (OSError, ValueError) as e:
+        raise PublishError(f"publish.curve.server_secret_key: cannot load "
+                           f"{curve.server_secret_key}: {e}") from e
+    if secret is None:
+        raise PublishError(f"publish.curve.server_secret_key: {curve.server_secret_key} "
+                           "holds no secret key (use the .key_secret file)")
+    return public, secret
+
+
+def _client_keys(curve: CurveConfig) -> frozenset[bytes] | None:
+    """The public keys in authorized_keys_dir (None: any client may connect)."""
+    if curve.authorized_keys_dir is None:
+        return None
+    try:
+        return frozenset(zmq.auth.load_certificates(str(curve.authorized_keys_dir)))
+    except (OSError, ValueError) as e:
+        raise PublishError(f"publish.curve.authorized_keys_dir: cannot load the client keys "
+                           f"in {curve.authorized_keys_dir}: {e}") from e
+
+
+def _warn_if_exposed(cfg: PublishConfig) -> None:
+    """Say it when strangers can reach the socket: what a peer may cost is bounded for single
+    frames (MAX_INBOUND_BYTES) but not for the number of distinct subscriptions or the parts of
+    a never-ending multipart message (README, "Encryption and access control")."""
+    if cfg.curve is not None and cfg.curve.authorized_keys_dir is not None:
+        return
+    for i, ep in enumerate(cfg.endpoints):
+        host = ep[6:].rsplit(":", 1)[0] if ep.startswith("tcp://") else "localhost"
+        if host not in LOOPBACK_HOSTS and not host.startswith("127."):
+            logger.warning("publish.endpoints[%d]: %s is reachable from other machines and "
+                           "any peer there is let in; use CURVE with authorized_keys_dir "
+                           "(README: Encryption and access control)", i, ep)
+
+
+class _Command:
+    """A reconfiguration run by the publisher thread (the socket's only user)."""
+
+    def __init__(self, cfg: PublishConfig, camera: str) -> None:
+        self.cfg = cfg
+        self.camera = camera
+        self.done = threading.Event()
+        self.result: list[str] = []
+        self.error: EdgedError | None = None
 
 
 def _check_ipc_path(path: str, where: str) -> None:
@@ -66,7 +119,11 @@ def _check_ipc_path(path: str, where: str) -> None:
         s.connect(path)
     except (ConnectionRefusedError, FileNotFoundError):
         logger.info("removing stale ipc socket %s", path)
-        p.unlink(missing_ok=True)
+        try:
+            p.unlink(missing_ok=True)
+        except OSError as e:
+            raise PublishError(f"{where}: cannot remove the stale socket {path}: "
+                               f"{e.strerror or e}; remove it or choose another path") from e
         return
     except OSError as e:
         raise PublishError(f"{where}: cannot check {path}: {e.strerror or e}") from e
@@ -79,7 +136,10 @@ def _check_ipc_path(path: str, where: str) -> None:
 class Publisher(StageThread):
     def __init__(self, cfg: PublishConfig, camera: str,
                  status_fn: Callable[[], dict[str, Any]]) -> None:
-        super().__init__("edged-publish")
+        # A daemon thread: a peer flood can keep libzmq busy inside send() for long; the
+        # process must still exit within 2 s of SIGTERM (the join below gives up, and an
+        # unfinished thread does not hold the interpreter).
+        super().__init__("edged-publish", daemon=True)
         self.cfg = cfg
         self.camera = camera
         self._status_fn = status_fn
@@ -90,7 +150,14 @@ class Publisher(StageThread):
         self._ctx = zmq.Context()
         self._sock: zmq.Socket[bytes] | None = None
         self._auth: ThreadAuthenticator | None = None
-        self.dropped = 0  # det messages dropped because our queue was full
+        self._client_keys: frozenset[bytes] | None = None  # authorized CURVE keys loaded
+        self._server: tuple[bytes, bytes] | None = None  # CURVE server key pair in use
+        self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
+        self.bound: tuple[str, ...] = ()  # endpoints bound now (status)
+        self._failing: set[str] = set()  # configured endpoints that could not be bound again
+        self.dropped = 0  # messages we dropped: queue full, or not encodable (below)
+        self.unencodable = 0  # messages JSON cannot carry (NaN from a broken model)
+        self.loop_mono = time.monotonic()  # each turn of the loop (the watchdog checks it)
 
     # --- setup, in the caller's thread before start() --------------------------------------
     def bind(self) -> None:
@@ -99,46 +166,220 @@ class Publisher(StageThread):
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_INBOUND_BYTES)
         sock.setsockopt(zmq.LINGER, self.cfg.linger_ms)
         try:
+            # Every peer goes through a ZAP handler, even without CURVE (which allows all):
+            # with a ZAP domain set libzmq refuses the ZMTP 1.0/2.0 framing it otherwise still
+            # accepts, in which any random bytes a stranger sends become subscriptions (+1 GB
+            # in 15 s of churn, benchmarks/churn.py --kinds random-bytes).
+            self._start_auth()
+            sock.zap_domain = ZAP_DOMAIN
             if self.cfg.curve is not None:
-                self._setup_curve(sock)
-            for i, ep in enumerate(self.cfg.endpoints):
-                where = f"publish.endpoints[{i}]"
-                if ep.startswith("ipc://"):
-                    _check_ipc_path(ep[6:], where)
-                try:
-                    sock.bind(ep)
-                except zmq.ZMQError as e:
-                    hint = " (another process is using the port)" \
-                        if e.errno == errno.EADDRINUSE else ""
-                    raise PublishError(f"{where}: cannot bind {ep}: {e.strerror}{hint}") from e
-                if ep.startswith("ipc://"):
-                    os.chmod(ep[6:], self.cfg.ipc_mode)
-                logger.info("publishing on %s", ep)
+                self._setup_curve(sock, self.cfg.curve)
+            for ep in self.cfg.endpoints:
+                self._bind_one(sock, self.cfg, ep)
+            _warn_if_exposed(self.cfg)
         except BaseException:
             sock.close(linger=0)
             self._close_context()
             raise
         self._sock = sock
 
-    def _setup_curve(self, sock: zmq.Socket[bytes]) -> None:
-        curve = self.cfg.curve
-        assert curve is not None
-        try:
-            public, secret = zmq.auth.load_certificate(str(curve.server_secret_key))
-        except (OSError, ValueError) as e:
-            raise PublishError(f"publish.curve.server_secret_key: cannot load "
-                               f"{curve.server_secret_key}: {e}") from e
-        if secret is None:
-            raise PublishError(f"publish.curve.server_secret_key: {curve.server_secret_key} "
-                               "holds no secret key (use the .key_secret file)")
-        self._auth = ThreadAuthenticator(self._ctx)
-        self._auth.start()
-        location = str(curve.authorized_keys_dir) if curve.authorized_keys_dir \
-            else zmq.auth.CURVE_ALLOW_ANY
-        self._auth.configure_curve(domain="*", location=location)
+    def _bind_one(self, sock: zmq.Socket[bytes], cfg: PublishConfig, ep: str,
+                  wait_s: float = 0.0) -> None:
+        """Bind ``ep``; ``wait_s``: an endpoint we have just unbound is released by libzmq's
+        I/O thread a moment later, so EADDRINUSE is retried that long."""
+        where = f"publish.endpoints[{cfg.endpoints.index(ep)}]"
+        deadline = time.monotonic() + wait_s
+        while True:
+            if ep.startswith("ipc://"):
+                _check_ipc_path(ep[6:], where)
+            try:
+                sock.bind(ep)
+                break
+            except zmq.ZMQError as e:
+                if e.errno == errno.EADDRINUSE and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                    continue
+                hint = " (another process is using the port)" \
+                    if e.errno == errno.EADDRINUSE else ""
+                raise PublishError(f"{where}: cannot bind {ep}: {e.strerror}{hint}") from e
+        if ep.startswith("ipc://"):
+            os.chmod(ep[6:], cfg.ipc_mode)
+        self.bound = (*self.bound, ep)
+        logger.info("publishing on %s", ep)
+
+    def _unbind_one(self, sock: zmq.Socket[bytes], ep: str) -> None:
+        with contextlib.suppress(zmq.ZMQError):
+            sock.unbind(ep)
+        self.bound = tuple(e for e in self.bound if e != ep)
+        logger.info("no longer publishing on %s", ep)
+
+    def _setup_curve(self, sock: zmq.Socket[bytes], curve: CurveConfig) -> None:
+        public, secret = _server_key(curve)
+        keys = _client_keys(curve)
+        self._start_auth()
+        self._configure_auth(curve)
+        self._client_keys = keys
+        self._server = (public, secret)
         sock.curve_secretkey = secret
         sock.curve_publickey = public
         sock.curve_server = True
+
+    def _start_auth(self) -> None:
+        if self._auth is not None:
+            return
+        auth = ThreadAuthenticator(self._ctx)
+        try:
+            auth.start()
+        except (RuntimeError, OSError, zmq.ZMQError) as e:
+            # Its sockets must not keep the context from terminating (a hang at exit).
+            for sock in (getattr(auth, "zap_socket", None), getattr(auth, "pipe", None),
+                         getattr(getattr(auth, "thread", None), "pipe", None)):
+                if sock is not None:
+                    sock.close(linger=0)
+            raise PublishError(f"cannot start the ZeroMQ authentication thread ({first_line(e)}); "
+                               "is the system call filter too strict?") from e
+        self._auth = auth
+
+    def _configure_auth(self, curve: CurveConfig) -> None:
+        assert self._auth is not None
+        location = str(curve.authorized_keys_dir) if curve.authorized_keys_dir \
+            else zmq.auth.CURVE_ALLOW_ANY
+        self._auth.configure_curve(domain=ZAP_DOMAIN.decode(), location=location)
+
+    def _set_security(self, sock: zmq.Socket[bytes], curve: CurveConfig | None) -> None:
+        """Takes effect for endpoints bound afterwards (libzmq copies options at bind)."""
+        if curve is not None:
+            self._setup_curve(sock, curve)
+            return
+        sock.curve_server = False
+        self._client_keys = None
+        self._server = None
+
+    # --- reconfiguration (any thread asks; the publisher thread does it) -------------------
+    def keys_changed(self, cfg: PublishConfig) -> bool:
+        """Do the CURVE key files say something else than the keys in use (a client key
+        added to or removed from authorized_keys_dir, a new server key)? Unreadable: True,
+        so that the reload reports why."""
+        if cfg.curve is None:
+            return False
+        try:
+            return (_server_key(cfg.curve) != self._server
+                    or _client_keys(cfg.curve) != self._client_keys)
+        except PublishError:
+            return True
+
+    def reconfigure(self, cfg: PublishConfig, camera: str) -> list[str]:
+        """Apply new publish settings, keeping every subscriber connected unless the security
+        changed or a client key was revoked (then every connection is reset, so a revoked
+        client is cut off at once and the others reconnect by themselves). Returns what
+        changed. ``PublishError``: nothing changed (a new endpoint cannot be bound, a key
+        cannot be read)."""
+        cmd = _Command(cfg, camera)
+        self._commands.put(cmd)
+        while not cmd.done.wait(0.1):
+            if not self.is_alive():
+                raise PublishError("the publisher thread has stopped")
+        if cmd.error is not None:
+            raise cmd.error
+        return cmd.result
+
+    def _run_commands(self) -> None:
+        while not self._commands.empty():
+            cmd = self._commands.get_nowait()
+            try:
+                cmd.result = self._reconfigure(cmd.cfg, cmd.camera)
+            except EdgedError as e:
+                cmd.error = e
+            finally:
+                cmd.done.set()
+
+    def _reconfigure(self, new: PublishConfig, camera: str) -> list[str]:
+        sock = self._sock
+        assert sock is not None
+        old = self.cfg
+        changes: list[str] = []
+        keys = _client_keys(new.curve) if new.curve is not None else None
+        server = _server_key(new.curve) if new.curve is not None else None
+        old_server = self._server
+        old_keys = self._client_keys
+        revoked = new.curve is not None and keys is not None and (
+            old_keys is None or bool(old_keys - keys))
+        if server != old_server or revoked:
+            self._relisten(sock, old, new)
+            changes.append("security changed: every subscriber reconnected"
+                           if server != old_server else
+                           f"CURVE: {len(keys or ())} client keys authorized, "
+                           f"{len((old_keys or frozenset()) - (keys or frozenset()))} revoked "
+                           "(their connections were closed; the others reconnected)")
+        else:
+            added = [e for e in new.endpoints if e not in self.bound]
+            done: list[str] = []
+            try:
+                for ep in added:
+                    self._bind_one(sock, new, ep)
+                    done.append(ep)
+            except PublishError:
+                for ep in done:
+                    self._unbind_one(sock, ep)
+                raise
+            for ep in [e for e in self.bound if e not in new.endpoints]:
+                self._unbind_one(sock, ep)
+                changes.append(f"unbound {ep}")
+            changes.extend(f"bound {ep}" for ep in done)
+            if new.curve is not None and keys != old_keys:
+                self._configure_auth(new.curve)
+                self._client_keys = keys
+                changes.append(f"CURVE: {len(keys or ())} client keys authorized"
+                               if keys is not None else "CURVE: any client key accepted")
+        if new.sndhwm != old.sndhwm:
+            sock.setsockopt(zmq.SNDHWM, new.sndhwm)  # for subscribers connecting from now on
+            changes.append(f"sndhwm {new.sndhwm} (for new subscribers)")
+        if new.linger_ms != old.linger_ms:
+            sock.setsockopt(zmq.LINGER, new.linger_ms)
+        if new.ipc_mode != old.ipc_mode:
+            for ep in self.bound:
+                if ep.startswith("ipc://"):
+                    os.chmod(ep[6:], new.ipc_mode)
+        if camera != self.camera:
+            self.camera = camera
+            self._det_topic = topic("det", camera)
+            self._status_topic = topic("status", camera)
+            changes.append(f"topics for camera {camera}")
+        self.cfg = new
+        return changes
+
+    def _relisten(self, sock: zmq.Socket[bytes], old: PublishConfig,
+                  new: PublishConfig) -> None:
+        """Unbind everything and bind again with the new security options. If that fails,
+        the old settings are restored; an endpoint that cannot be restored either is retried
+        by the thread every few seconds (and missing from ``bound`` meanwhile)."""
+        unbound = self.bound
+        for ep in unbound:
+            self._unbind_one(sock, ep)
+        try:
+            self._set_security(sock, new.curve)
+            for ep in new.endpoints:
+                self._bind_one(sock, new, ep, RELISTEN_WAIT_S if ep in unbound else 0.0)
+        except PublishError:
+            for ep in self.bound:
+                self._unbind_one(sock, ep)
+            self._set_security(sock, old.curve)
+            self._bind_missing(sock, old, RELISTEN_WAIT_S)
+            raise
+
+    def _bind_missing(self, sock: zmq.Socket[bytes], cfg: PublishConfig,
+                      wait_s: float = 0.0) -> None:
+        for ep in cfg.endpoints:
+            if ep in self.bound:
+                continue
+            try:
+                self._bind_one(sock, cfg, ep, wait_s)
+            except PublishError as e:
+                if ep not in self._failing:
+                    logger.error("%s; retrying every %g s", e, REBIND_RETRY_S)
+                    self._failing.add(ep)
+            else:
+                self._failing.discard(ep)
 
     # --- producer side (any thread) ---------------------------------------------------------
     def submit(self, message: dict[str, Any]) -> None:
@@ -166,16 +407,34 @@ class Publisher(StageThread):
 
     def _send(self, t: bytes, message: dict[str, Any]) -> None:
         assert self._sock is not None
+        try:
+            payload = encode(message)
+        except (ValueError, TypeError) as e:
+            # A value JSON cannot carry (NaN from a broken model): drop this one message,
+            # counted and said once, never the thread that publishes everything else.
+            self.unencodable += 1
+            self.dropped += 1
+            if self.unencodable == 1:
+                logger.error("dropping a message that cannot be encoded (%s); further ones are "
+                             "only counted (status: publish_dropped)", first_line(e))
+            return
         with contextlib.suppress(zmq.Again):  # PUB drops at HWM by itself; never block here
-            self._sock.send_multipart([t, encode(message)], flags=zmq.NOBLOCK)
+            self._sock.send_multipart([t, payload], flags=zmq.NOBLOCK)
 
     def _send_status(self, message: dict[str, Any] | None = None) -> None:
         self._send(self._status_topic, message if message is not None else self._status_fn())
 
-    def _run(self) -> None:
-        interval = self.cfg.status_interval_s
+    def _serve(self) -> None:
+        assert self._sock is not None
         next_status = time.monotonic()
+        next_rebind = time.monotonic() + REBIND_RETRY_S
         while True:
+            self.loop_mono = time.monotonic()
+            self._run_commands()
+            if self._failing and time.monotonic() >= next_rebind:
+                self._bind_missing(self._sock, self.cfg)
+                next_rebind = time.monotonic() + REBIND_RETRY_S
+            interval = self.cfg.status_interval_s  # a reload may change it
             sent_snapshot = False
             while not self._status_queue.empty():
                 self._send_status(self._status_queue.get_nowait())
@@ -192,6 +451,7 @@ class Publisher(StageThread):
             except queue.Empty:
                 continue
             self._send(self._det_topic, msg)
+        self._run_commands()  # nobody waits forever on a command sent while stopping
         while not self._status_queue.empty():
             self._send_status(self._status_queue.get_nowait())
         self._send_status()  # the final state (stopping) for late listeners
@@ -199,9 +459,19 @@ class Publisher(StageThread):
         self._sock.close(linger=self.cfg.linger_ms)
         self._sock = None
 
+    def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException:
+            logger.exception("publisher thread failed")  # the service sees it dead and stops
+            raise
+
     def join(self, timeout_s: float) -> bool:
         ended = super().join(timeout_s)
         if ended:
+            if self._sock is not None:  # the thread died without closing it: term() would hang
+                self._sock.close(linger=0)
+                self._sock = None
             self._close_context()
         return ended
 

@@ -4,6 +4,7 @@ capture; shutdown is the reverse, bounded in time."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -16,14 +17,16 @@ from typing import Any
 
 import cv2
 
-from edged.capture import CaptureThread, LatestFrameSlot, SourceSpec
+from edged import sidecar
+from edged.capture import CaptureThread, LatestFrameSlot, SourceSpec, shown
 from edged.config import Config, default_config, load_config
 from edged.errors import EXIT_OK, EXIT_RUNTIME, EdgedError
 from edged.inference.engine import Engine, EngineConfig, open_engine
+from edged.inference.probe import ProbeCancelled
 from edged.inference.worker import InferenceWorker, detect_params
 from edged.log import CONTEXT
 from edged.messages import status_message
-from edged.publish import Publisher
+from edged.publish import Publisher, PublishError
 from edged.sdnotify import Notifier
 from edged.signals import PendingSignals
 from edged.stats import PipelineStats
@@ -31,6 +34,15 @@ from edged.stats import PipelineStats
 logger = logging.getLogger(__name__)
 
 STOP_BUDGET_S = 1.5  # all joins together, so SIGTERM → exit well within 2 s
+CAPTURE_JOIN_S = 0.3
+# A reload loading a model may take the delegate probe's timeout plus this (reading, building
+# and warming the interpreter) before it is abandoned; the deadline is in every status message.
+RELOAD_LOAD_BUDGET_S = 120.0
+# A config file modified less than this long ago may still be being written by an editor: the
+# reload waits for it to stay unchanged that long (at most CONFIG_SETTLE_MAX_S).
+CONFIG_QUIET_S = 0.5
+NO_FRAME_YET = "opening the source: no frame yet"
+CONFIG_SETTLE_MAX_S = 5.0
 FAULT_ENV = "EDGED_TEST_FAULT"  # test-only: "hang_inference_after=N" (README, "Testing hooks")
 
 
@@ -56,6 +68,71 @@ def engine_config(cfg: Config) -> EngineConfig:
                         require_accelerator=i.require_accelerator, runtime=i.runtime,
                         num_threads=i.threads, cache_dir=i.cache_dir,
                         probe=i.probe_delegate, probe_timeout_s=i.probe_timeout_s)
+
+
+def model_stamp(cfg: Config) -> tuple[tuple[str, int, int, int], ...]:
+    """Identity of the model files on disk (sidecar and variants): a model replaced in place
+    (`cp new.tflite model.tflite`, then `systemctl reload`) is loaded again."""
+    paths = [cfg.model]
+    try:
+        spec = sidecar.load(cfg.model)
+        paths += [p for k in spec.variants if (p := spec.variant_path(k)) is not None]
+    except EdgedError:
+        pass  # the reload's own load reports it
+    out = []
+    for p in paths:
+        try:
+            st = p.stat()
+        except OSError:
+            out.append((str(p), -1, -1, -1))
+        else:
+            out.append((str(p), st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+def read_settled_config(path: Path, stop: threading.Event) -> Config:
+    """Load the config once it has stopped changing: a SIGHUP sent while an editor is still
+    writing the file (truncate, write, write) must not apply a truncated-but-valid YAML. Waits
+    until the file is CONFIG_QUIET_S old and unchanged across the read (at most
+    CONFIG_SETTLE_MAX_S); an atomic replace (write a temp file, then mv) never needs the wait."""
+    deadline = time.monotonic() + CONFIG_SETTLE_MAX_S
+    said = False
+    while True:
+        try:
+            before = path.stat()
+        except OSError:
+            return load_config(path)  # it names the problem
+        age = time.time() - before.st_mtime
+        if 0 <= age < CONFIG_QUIET_S and time.monotonic() < deadline:
+            if not said:
+                logger.info("reload: %s changed %.2f s ago; waiting for the writer to finish",
+                            path, age)
+                said = True
+            if stop.wait(CONFIG_QUIET_S - age):
+                raise ReloadCancelled
+            continue
+        try:
+            cfg = load_config(path)
+        except EdgedError:
+            if _changed(path, before) and time.monotonic() < deadline:
+                continue  # read while being written: read it again
+            raise
+        if _changed(path, before) and time.monotonic() < deadline:
+            continue
+        return cfg
+
+
+def _changed(path: Path, before: os.stat_result) -> bool:
+    try:
+        now = path.stat()
+    except OSError:
+        return True
+    return (now.st_ino, now.st_size, now.st_mtime_ns) != \
+        (before.st_ino, before.st_size, before.st_mtime_ns)
+
+
+class ReloadCancelled(Exception):
+    """The daemon is stopping: a reload in progress is abandoned."""
 
 
 class StartupInterrupted(BaseException):
@@ -88,6 +165,18 @@ class Service:
         self._reload = threading.Event()
         self._hang_after = _test_fault_hang_after()
         self._watchdog_starved = False
+        # The reload thread: builds the new pieces while the old ones serve. _reload_gen
+        # names the current reload; a reload abandoned at its deadline has an old number,
+        # and whatever it builds afterwards is thrown away.
+        self._reloader: threading.Thread | None = None
+        self._reload_gen = 0
+        self._reload_deadline: float | None = None  # monotonic; while loading a model
+        self._reload_info: dict[str, Any] | None = None  # status "reload"
+        self._apply_lock = threading.Lock()  # a reload's swap vs. shutdown
+        self._model_stamp: tuple[tuple[str, int, int, int], ...] = ()
+        self._base_frames_in = 0  # counts of the captures replaced by reloads
+        self._base_dropped = 0
+        self._base_reconnects = 0
 
     # --- status -----------------------------------------------------------------------------
     def _set_state(self, state: str) -> None:
@@ -102,12 +191,17 @@ class Service:
     def status_line(self) -> str:
         backend = self.engine.backend if self.engine else "none"
         fb = " (fallback)" if self.engine and self.engine.fallback_reason else ""
-        return f"{self.state}, {backend}{fb}, {self.stats.frames_out} frames"
+        info = self._reload_info
+        rl = f" ({info['phase'].replace('_', ' ')})" \
+            if self.state == "reloading" and info is not None else ""
+        why = f" ({shown(self.source_reason)[:80]})" \
+            if self.state == "source_down" and self.source_reason else ""
+        return f"{self.state}{rl}{why}, {backend}{fb}, {self.stats.frames_out} frames"
 
     def _status(self) -> dict[str, Any]:
         """A status snapshot (publisher thread every interval; any thread on state change)."""
         cap = self.capture
-        frames_in = cap.frames if cap else 0
+        frames_in = self._base_frames_in + (cap.frames if cap else 0)
         fps_in, fps_out = self.stats.rates(frames_in)
         eng = self.engine
         with self._status_lock:
@@ -121,10 +215,15 @@ class Service:
             fallback_reason=eng.fallback_reason if eng else None,
             runtime=eng.runtime if eng else "none", fps_in=fps_in, fps_out=fps_out,
             frames_in=frames_in, frames_out=self.stats.frames_out,
-            frames_dropped=self.slot.dropped, source=self.cfg.camera.source,
-            source_reason=self.source_reason, reconnects=cap.reconnects if cap else 0,
+            frames_dropped=self._base_dropped + self.slot.dropped,
+            source=shown(self.cfg.camera.source),
+            source_reason=shown(self.source_reason) if self.source_reason else None,
+            source_size=cap.frame_size if cap else None,
+            reconnects=self._base_reconnects + (cap.reconnects if cap else 0),
             latency_ms=self.stats.percentiles(),
-            published_dropped=self.publisher.dropped if self.publisher else 0)
+            published_dropped=self.publisher.dropped if self.publisher else 0,
+            endpoints=self.publisher.bound if self.publisher else (),
+            reload=dict(self._reload_info) if self._reload_info is not None else None)
 
     def _on_source(self, up: bool, reason: str) -> None:
         with self._source_lock:
@@ -140,6 +239,10 @@ class Service:
 
     # --- lifecycle --------------------------------------------------------------------------
     def _start_capture(self) -> None:
+        # Until the first frame, the source is not known to work: the state is source_down
+        # with this reason, never a "running" with 0 frames while a camera takes its time.
+        with self._source_lock:
+            self.source_reason = NO_FRAME_YET
         self.capture = CaptureThread(source_spec(self.cfg), self.slot, self._on_source)
         self.capture.start()
 
@@ -158,6 +261,7 @@ class Service:
         sys.setswitchinterval(0.0005)
         self._start_publisher()
         self._set_state("warming_up")
+        self._model_stamp = model_stamp(self.cfg)
         with self.notifier.extending_start_timeout():
             self.engine = open_engine(self.cfg.model, engine_config(self.cfg))
         CONTEXT.set(camera=self.cfg.camera.name, backend=self.engine.backend,
@@ -181,6 +285,16 @@ class Service:
         when it merely has no frames (a camera being reconnected)."""
         w = self.worker
         if w is None or not w.is_alive():
+            return False
+        pub = self.publisher
+        if pub is None or not pub.is_alive():
+            return False  # nothing reaches anyone: not healthy, whatever inference does
+        if now - pub.loop_mono > self.cfg.inference.watchdog_timeout_s:
+            if not self._watchdog_starved:
+                logger.error("the publisher has not gone round its loop for %.1f s (stuck in "
+                             "ZeroMQ?): no longer feeding the systemd watchdog",
+                             now - pub.loop_mono)
+            self._watchdog_starved = True
             return False
         busy = w.busy_since_mono
         stuck = busy is not None and now - busy > self.cfg.inference.watchdog_timeout_s
@@ -227,11 +341,16 @@ class Service:
                 if now >= next_status:
                     self.notifier.notify(f"STATUS={self.status_line()}")
                     next_status = now + self.cfg.publish.status_interval_s
-                if self._reload.is_set():
-                    self._reload.clear()
-                    self.reload()
+                if self._reload.is_set() and not self.reload_in_progress():
+                    self._reload.clear()  # a SIGHUP during a reload waits for its end
+                    self._start_reload()
+                self._check_reload_deadline(now)
                 if self.worker is not None and self.worker.error is not None:
                     logger.error("stopping: inference failed: %s", self.worker.error)
+                    code = EXIT_RUNTIME
+                    break
+                if self.publisher is not None and not self.publisher.is_alive():
+                    logger.error("stopping: the publisher thread failed (see above)")
                     code = EXIT_RUNTIME
                     break
         finally:
@@ -259,15 +378,31 @@ class Service:
         return old
 
     def shutdown(self) -> None:
+        self._stop.set()  # a reload in progress stops at its next step (a probe is killed)
+        # A reload's swap is short (no model loading under the lock); wait for it briefly so
+        # the parts stopped below are the ones running.
+        locked = self._apply_lock.acquire(timeout=0.5)
+        try:
+            self._shutdown()
+        finally:
+            if locked:
+                self._apply_lock.release()
+
+    def _shutdown(self) -> None:
         self._set_state("stopping")
         self.notifier.notify("STOPPING=1")
         deadline = time.monotonic() + STOP_BUDGET_S
         for part in (self.capture, self.worker):
             if part is not None:
                 part.stop()
-        for name, part in (("capture", self.capture), ("inference", self.worker)):
-            if part is not None and not part.join(max(deadline - time.monotonic(), 0.05)):
-                logger.warning("%s thread did not stop in time", name)
+        if self.worker is not None and not self.worker.join(
+                max(deadline - time.monotonic(), 0.05)):
+            logger.warning("inference thread did not stop in time")
+        # The capture thread may sit inside a blocking open/read in FFmpeg (a silent camera)
+        # that nothing can interrupt; it is a daemon thread and releases its capture itself,
+        # so it gets a short wait, never the whole budget the publisher's last status needs.
+        if self.capture is not None and not self.capture.join(CAPTURE_JOIN_S):
+            logger.info("capture thread still in a blocking read; not waiting for it")
         if self.publisher is not None:
             self.publisher.stop()
             if not self.publisher.join(max(deadline - time.monotonic(), 0.2)):
@@ -275,70 +410,166 @@ class Service:
         self.notifier.close()
 
     # --- SIGHUP -----------------------------------------------------------------------------
-    def reload(self) -> None:
-        """SIGHUP. systemd sees RELOADING=1 ... READY=1 around every reload, even a rejected
-        or a no-op one."""
+    def reload_in_progress(self) -> bool:
+        return self._reloader is not None and self._reloader.is_alive()
+
+    def _start_reload(self) -> None:
+        """SIGHUP: read the file and build what changed in a thread, while the running pieces
+        go on serving and the main loop goes on feeding the watchdog. systemd sees
+        RELOADING=1 ... READY=1 around every reload, even a rejected or a no-op one."""
         self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        self._reload_gen += 1
+        self._reload_deadline = None
+        self._reload_info = {"state": "in_progress", "started_ts_ns": time.time_ns(),
+                             "ended_ts_ns": None, "phase": "reading", "deadline_s": None,
+                             "message": None}
+        # A daemon thread: a delegate stuck in native code cannot be interrupted, and must
+        # neither block the stop nor keep the process alive (it is abandoned at its deadline).
+        self._reloader = threading.Thread(target=self._reload_job, args=(self._reload_gen,),
+                                          name="edged-reload", daemon=True)
+        self._reloader.start()
+
+    def _phase(self, gen: int, phase: str, deadline_s: float | None = None) -> None:
+        if gen == self._reload_gen and self._reload_info is not None:
+            self._reload_info = {**self._reload_info, "phase": phase, "deadline_s": deadline_s}
+
+    def _reload_job(self, gen: int) -> None:
+        state, message, entered = "rejected", None, False
         try:
             try:
-                new = load_config(self.config_path) if self.config_path else default_config()
+                new = read_settled_config(self.config_path, self._stop) \
+                    if self.config_path else default_config()
             except EdgedError as e:
                 logger.error("reload rejected, the running configuration stays: %s", e)
+                message = str(e)
                 return
             old = self.cfg
-            if new == old:
+            stamp = model_stamp(new)
+            # watchdog_timeout_s is read live: only what builds the engine needs a new one
+            load = new.model != old.model or stamp != self._model_stamp \
+                or engine_config(new) != engine_config(old)
+            assert self.publisher is not None
+            keys = self.publisher.keys_changed(new.publish)
+            if new == old and not load and not keys:
                 logger.info("reload: configuration unchanged")
+                state = "unchanged"
                 return
-            self._set_state("reloading")
-            try:
-                self._apply(old, new)
-            finally:
-                self._serve_state()
+            with self._source_lock:
+                self._set_state("reloading")
+            entered = True
+            engine = None
+            if load:
+                budget = RELOAD_LOAD_BUDGET_S + (
+                    new.inference.probe_timeout_s if new.inference.probe_delegate else 0.0)
+                self._reload_deadline = time.monotonic() + budget
+                self._phase(gen, "loading_model", budget)
+                try:
+                    engine = open_engine(new.model, engine_config(new), self._stop)
+                except EdgedError as e:
+                    logger.error("reload: new model/backend rejected, the running one stays: "
+                                 "%s", e)
+                    message = f"model/inference kept: {e}"
+                    new = dataclasses.replace(new, model=old.model, inference=old.inference)
+                    stamp = self._model_stamp
+                self._reload_deadline = None
+            self._phase(gen, "applying")
+            with self._apply_lock:
+                if self._stop.is_set() or gen != self._reload_gen:
+                    if engine is not None:
+                        engine.close()
+                    state = "abandoned"
+                    return
+                if engine is not None:
+                    self._model_stamp = stamp
+                kept = self._apply(old, new, engine, keys)
+            message = "; ".join(m for m in (message, kept) if m) or None
+            state = "partial" if message else "applied"
+        except (ProbeCancelled, ReloadCancelled):
+            state = "abandoned"  # stopping
+        except Exception as e:  # a bug: keep serving with what runs, and say so
+            logger.exception("reload failed")
+            message = f"internal error: {e}"
         finally:
-            self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
+            self._end_reload(gen, state, message, entered)
 
-    def _apply(self, old: Config, new: Config) -> None:
+    def _end_reload(self, gen: int, state: str, message: str | None, entered: bool) -> None:
+        if gen != self._reload_gen or state == "abandoned":
+            return  # abandoned at its deadline (already reported) or stopping
+        self._reload_deadline = None
+        assert self._reload_info is not None
+        self._reload_info = {**self._reload_info, "state": state, "phase": "done",
+                             "deadline_s": None, "ended_ts_ns": time.time_ns(),
+                             "message": message}
+        if entered and not self._stop.is_set():
+            self._serve_state()
+        self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
+
+    def _check_reload_deadline(self, now: float) -> None:
+        """A reload still loading its model at the deadline (a delegate hung in-process, with
+        probe_delegate off) is abandoned: the running pieces stay, and status says so."""
+        deadline = self._reload_deadline
+        if deadline is None or now < deadline or not self.reload_in_progress():
+            return
+        gen = self._reload_gen
+        info = self._reload_info or {}
+        msg = (f"the new model did not load within {info.get('deadline_s') or 0:.0f} s (a hung "
+               "delegate?); the running configuration stays; restart edged to apply the file")
+        logger.error("reload abandoned: %s", msg)
+        self._end_reload(gen, "timed_out", msg, True)
+        self._reload_gen += 1  # whatever that thread builds later is discarded
+        self._reloader = None
+
+    def _apply(self, old: Config, new: Config, engine: Engine | None,
+               keys_changed: bool = False) -> str | None:
+        """Swap in what changed (under _apply_lock; nothing slow happens here: the model was
+        loaded before). Returns what was kept from the running configuration, if anything."""
         assert self.worker is not None and self.engine is not None
-        if (new.model, new.inference) != (old.model, old.inference):
+        assert self.publisher is not None
+        kept: str | None = None
+        if engine is not None:
+            self.worker.set_engine(engine)  # at the next frame boundary; the old one closed
+            self.engine = engine
+            logger.info("reload: model %s on %s", engine.model_name, engine.backend)
+        if new.publish != old.publish or new.camera.name != old.camera.name or keys_changed:
             try:
-                engine = open_engine(new.model, engine_config(new))
-            except EdgedError as e:
-                logger.error("reload: new model/backend rejected, the running one stays: %s", e)
-                new = Config(new.camera, old.model, old.inference, new.detection, new.publish,
-                             new.log_level, new.source)
-            else:
-                self.worker.set_engine(engine)
-                self.engine = engine
-                logger.info("reload: model %s on %s", engine.model_name, engine.backend)
+                for change in self.publisher.reconfigure(new.publish, new.camera.name):
+                    logger.info("reload: publish: %s", change)
+            except PublishError as e:
+                logger.error("reload: publish settings rejected, the running ones stay "
+                             "(retried on the next reload): %s", e)
+                kept = f"publish kept: {e}"
+                new = dataclasses.replace(
+                    new, publish=old.publish,
+                    camera=dataclasses.replace(new.camera, name=old.camera.name))
+            self.worker.set_output(self.publisher.submit, new.camera.name)
         CONTEXT.set(camera=new.camera.name, backend=self.engine.backend,
                     model=self.engine.model_name)
         labels = self.engine.detector.spec.labels
         self.worker.set_params(detect_params(new.detection, labels), new.publish.empty_frames)
-        if new.camera != old.camera or new.publish != old.publish:
-            if new.publish != old.publish or new.camera.name != old.camera.name:
-                self._restart_publisher(new)
-            if new.camera != old.camera:
-                if self.capture is not None:
-                    self.capture.stop()
-                    self.capture.join(2.0)
-                self.cfg = new
-                self._start_capture()
-                logger.info("reload: capture restarted on %s", new.camera.source)
+        if dataclasses.replace(new.camera, name="") != dataclasses.replace(old.camera, name=""):
+            self._replace_capture(new)
+        if new.log_level != old.log_level:
+            logging.getLogger().setLevel(new.log_level.upper())
         self.cfg = new
-        logger.info("reload: applied %s", new.source)
+        logger.info("reload: applied %s%s", new.source, f" ({kept})" if kept else "")
+        return kept
 
-    def _restart_publisher(self, new: Config) -> None:
-        old_pub = self.publisher
-        if old_pub is not None:
-            old_pub.stop()
-            old_pub.join(2.0)
-        previous = self.cfg
+    def _replace_capture(self, new: Config) -> None:
+        """A new capture thread with its own slot: the old thread may still be inside a
+        blocking read(); it is stopped, and whatever it still produces goes to a slot nobody
+        reads (never two captures feeding one worker)."""
+        old_cap, old_slot = self.capture, self.slot
+        if old_cap is not None:
+            old_cap.stop()
+            if not old_cap.join(1.0):
+                logger.warning("reload: the old capture thread is still in a read; it is "
+                               "abandoned")
+            self._base_frames_in += old_cap.frames
+            self._base_reconnects += old_cap.reconnects
+        self._base_dropped += old_slot.dropped
+        self.slot = LatestFrameSlot()
         self.cfg = new
-        try:
-            self._start_publisher()
-        except EdgedError as e:
-            logger.error("reload: cannot publish with the new settings (%s); keeping the old", e)
-            self.cfg = previous
-            self._start_publisher()
-        assert self.worker is not None and self.publisher is not None
-        self.worker.set_output(self.publisher.submit, self.cfg.camera.name)
+        assert self.worker is not None
+        self.worker.set_slot(self.slot)
+        self._start_capture()
+        logger.info("reload: capture restarted on %s", shown(new.camera.source))

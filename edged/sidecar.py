@@ -15,10 +15,19 @@ from typing import Any
 import yaml
 
 from edged.errors import ModelError
+from edged.yamlfile import parse, read_text, show
 
 FORMAT = "edged-model/1"
 HEAD_TYPES = ("yolo", "region", "anchor_free")
 VARIANT_KEYS = ("cpu", "vx", "ethosu", "float32")
+# Bounds on what a sidecar may say: everything here ends up in memory for every frame or in
+# every message (the name, the labels), so nothing is unbounded.
+MAX_SIDECAR_BYTES = 1 << 20
+MAX_CLASSES = 10_000
+MAX_LABEL_CHARS = 100
+MAX_NAME_CHARS = 128
+MAX_INPUT_SIDE = 4096
+MAX_GRID_SIDE = 1024
 
 
 @dataclass(frozen=True)
@@ -125,29 +134,32 @@ _EXTRA_KEYS = ("vela", "quantization", "source")
 
 def load(path: str | Path) -> ModelSpec:
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ModelError(f"cannot read model sidecar {p}: {e.strerror or e}") from e
-    except yaml.YAMLError as e:
-        raise ModelError(f"model sidecar {p} is not valid YAML: {e}") from e
-    return from_dict(data, p)
+    text = read_text(p, MAX_SIDECAR_BYTES, "model sidecar", ModelError)
+    return from_dict(parse(text, f"model sidecar {p}", ModelError), p)
 
 
 def from_dict(data: Any, path: Path | None = None) -> ModelSpec:
     where = str(path) if path else "sidecar"
+    try:
+        return _from_dict(data, path, where)
+    except (TypeError, ValueError, KeyError, IndexError, OverflowError) as e:
+        # a shape the checks below did not foresee: still one line naming the file
+        raise ModelError(f"{where}: invalid value ({show(str(e))[1:-1]})") from e
+
+
+def _from_dict(data: Any, path: Path | None, where: str) -> ModelSpec:
     r = _Reader(where)
     top = r.mapping(data, "")
     allowed = {"format", "name", "input", "head", "labels", "variants", *_EXTRA_KEYS}
     r.no_unknown(top, allowed, "")
     if top.get("format") != FORMAT:
-        raise ModelError(f"{where}: format: expected '{FORMAT}', got {top.get('format')!r}")
+        raise ModelError(f"{where}: format: expected '{FORMAT}', got {show(top.get('format'))}")
     inp = r.mapping(top.get("input"), "input")
     r.no_unknown(inp, {f for f in InputSpec.__dataclass_fields__}, "input")
     input_spec = InputSpec(
-        width=r.pos_int(inp.get("width"), "input.width"),
-        height=r.pos_int(inp.get("height"), "input.height"),
-        channels=r.choice(inp.get("channels", 3), (1, 3), "input.channels"),
+        width=r.int_range(inp.get("width"), 1, MAX_INPUT_SIDE, "input.width"),
+        height=r.int_range(inp.get("height"), 1, MAX_INPUT_SIDE, "input.height"),
+        channels=r.choice(inp.get("channels", 3), (3,), "input.channels"),
         layout=r.choice(inp.get("layout", "NHWC"), ("NHWC",), "input.layout"),
         color=r.choice(inp.get("color", "RGB"), ("RGB", "BGR"), "input.color"),
         resize=r.choice(inp.get("resize", "letterbox"), ("letterbox", "stretch"), "input.resize"),
@@ -156,11 +168,13 @@ def from_dict(data: Any, path: Path | None = None) -> ModelSpec:
     hd = r.mapping(top.get("head"), "head")
     r.no_unknown(hd, {f for f in HeadSpec.__dataclass_fields__}, "head")
     htype = r.choice(hd.get("type"), HEAD_TYPES, "head.type")
-    classes = r.pos_int(hd.get("classes"), "head.classes")
+    classes = r.int_range(hd.get("classes"), 1, MAX_CLASSES, "head.classes")
     anchors = tuple(
         (float(a[0]), float(a[1]))
         for a in r.list_of(hd.get("anchors", []), "head.anchors", _pair_ok)
     )
+    if len(anchors) > 64:
+        raise r.fail("head.anchors", f"{len(anchors)} anchors: at most 64")
     outputs = []
     for i, o in enumerate(r.list_of(hd.get("outputs"), "head.outputs", None)):
         key = f"head.outputs[{i}]"
@@ -169,21 +183,24 @@ def from_dict(data: Any, path: Path | None = None) -> ModelSpec:
         grid = r.list_of(om.get("grid"), f"{key}.grid", None)
         if len(grid) != 2:
             raise ModelError(f"{where}: {key}.grid: expected [rows, cols]")
-        mask = tuple(int(m) for m in om.get("mask", []) or [])
-        if any(not 0 <= m < len(anchors) for m in mask):
-            raise ModelError(f"{where}: {key}.mask: {list(mask)} refers past the anchors")
+        mask = tuple(r.int_range(m, 0, len(anchors) - 1, f"{key}.mask")
+                     for m in r.list_of(om.get("mask", []) or [], f"{key}.mask", None))
         outputs.append(HeadOutput(
-            grid=(r.pos_int(grid[0], f"{key}.grid"), r.pos_int(grid[1], f"{key}.grid")),
-            stride=r.pos_int(om.get("stride"), f"{key}.stride"),
+            grid=(r.int_range(grid[0], 1, MAX_GRID_SIDE, f"{key}.grid"),
+                  r.int_range(grid[1], 1, MAX_GRID_SIDE, f"{key}.grid")),
+            stride=r.int_range(om.get("stride"), 1, MAX_INPUT_SIDE, f"{key}.stride"),
             mask=mask,
-            scale_x_y=float(om.get("scale_x_y", 1.0)),
+            scale_x_y=r.number(om.get("scale_x_y", 1.0), 0.5, 4.0, f"{key}.scale_x_y"),
         ))
+    if len(outputs) > 16:
+        raise r.fail("head.outputs", f"{len(outputs)} outputs: at most 16")
     if not outputs:
         raise ModelError(f"{where}: head.outputs: at least one output is required")
     head = HeadSpec(htype, classes, anchors, tuple(outputs),
                     r.choice(hd.get("nms", "greedy"), ("greedy", "diou"), "head.nms"),
-                    float(hd.get("nms_beta", 0.6)))
-    labels = tuple(str(x) for x in r.list_of(top.get("labels"), "labels", None))
+                    r.number(hd.get("nms_beta", 0.6), 0.1, 10.0, "head.nms_beta"))
+    labels = tuple(r.text(x, MAX_LABEL_CHARS, f"labels[{i}]")
+                   for i, x in enumerate(r.list_of(top.get("labels"), "labels", None)))
     if len(labels) != classes:
         raise ModelError(f"{where}: labels: {len(labels)} labels for {classes} classes")
     variants = r.mapping(top.get("variants"), "variants")
@@ -191,13 +208,14 @@ def from_dict(data: Any, path: Path | None = None) -> ModelSpec:
     if "cpu" not in variants:
         raise ModelError(f"{where}: variants.cpu: missing (the file every machine can run)")
     extra = {k: top[k] for k in _EXTRA_KEYS if k in top}
-    return ModelSpec(str(top.get("name", "model")), input_spec, head, labels,
-                     {str(k): str(v) for k, v in variants.items()}, extra, path)
+    files = {str(k): r.text(v, 255, f"variants.{k}") for k, v in variants.items()}
+    return ModelSpec(r.text(top.get("name", "model"), MAX_NAME_CHARS, "name"), input_spec, head,
+                     labels, files, extra, path)
 
 
 def _pair_ok(v: Any) -> bool:
     return isinstance(v, list | tuple) and len(v) == 2 and all(
-        isinstance(x, int | float) for x in v)
+        isinstance(x, int | float) and not isinstance(x, bool) and 0 < x < 1e5 for x in v)
 
 
 class _Reader:
@@ -205,7 +223,20 @@ class _Reader:
         self.where = where
 
     def fail(self, key: str, msg: str) -> ModelError:
-        return ModelError(f"{self.where}: {key or '<top>'}: {msg}")
+        return ModelError(f"{self.where}: {show(key)[1:-1] if key else '<top>'}: {msg}")
+
+    def number(self, v: Any, lo: float, hi: float, key: str) -> float:
+        """A finite number in [lo, hi] (a NaN here once made every message unencodable)."""
+        if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
+            raise self.fail(key, f"expected a number in [{lo:g}, {hi:g}], got {show(v)}")
+        return float(v)
+
+    def text(self, v: Any, max_chars: int, key: str) -> str:
+        """A printable string of at most ``max_chars`` (it ends up in messages and logs)."""
+        if not isinstance(v, str) or not v or len(v) > max_chars or not v.isprintable():
+            raise self.fail(key, f"expected a printable string of 1-{max_chars} characters, "
+                                 f"got {show(v)}")
+        return v
 
     def mapping(self, v: Any, key: str) -> dict[str, Any]:
         if not isinstance(v, dict):
@@ -213,24 +244,24 @@ class _Reader:
         return v
 
     def no_unknown(self, m: Mapping[str, Any], allowed: set[str], key: str) -> None:
-        unknown = sorted(set(m) - allowed)
+        unknown = sorted(str(k) for k in set(m) - allowed)
         if unknown:
             prefix = f"{key}." if key else ""
             raise self.fail(f"{prefix}{unknown[0]}", f"unknown key (allowed: {sorted(allowed)})")
 
     def pos_int(self, v: Any, key: str) -> int:
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-            raise self.fail(key, f"expected a positive integer, got {v!r}")
+            raise self.fail(key, f"expected a positive integer, got {show(v)}")
         return v
 
     def int_range(self, v: Any, lo: int, hi: int, key: str) -> int:
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-            raise self.fail(key, f"expected an integer in {lo}..{hi}, got {v!r}")
+            raise self.fail(key, f"expected an integer in {lo}..{hi}, got {show(v)}")
         return v
 
     def choice(self, v: Any, options: tuple[Any, ...], key: str) -> Any:
         if v not in options:
-            raise self.fail(key, f"must be one of {list(options)}, got {v!r}")
+            raise self.fail(key, f"must be one of {list(options)}, got {show(v)}")
         return v
 
     def list_of(self, v: Any, key: str, ok: Any) -> list[Any]:
@@ -239,5 +270,5 @@ class _Reader:
         if ok is not None:
             for i, item in enumerate(v):
                 if not ok(item):
-                    raise self.fail(f"{key}[{i}]", f"unexpected value {item!r}")
+                    raise self.fail(f"{key}[{i}]", f"unexpected value {show(item)}")
         return v

@@ -179,3 +179,42 @@ def dets(listener: Listener) -> list[dict[str, Any]]:
 
 def statuses(listener: Listener) -> list[dict[str, Any]]:
     return [m for t, m, _ in listener.messages if t.startswith("status/")]
+
+
+class FakeSystemd:
+    """Binds the NOTIFY_SOCKET datagram socket and records (monotonic time, fields)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.path = tmp / "notify.sock"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.path))
+        self.sock.settimeout(0.05)
+        self.datagrams: list[tuple[float, dict[str, str]]] = []
+
+    def pump(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines())
+            self.datagrams.append((time.monotonic(), fields))
+
+    def wait_for(self, key: str, value: str | None, timeout_s: float,
+                 after: float | None = None) -> float:
+        """Time of the first matching datagram received after ``after`` (default: now)."""
+        since = time.monotonic() if after is None else after
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.pump(0.05)
+            for t, f in self.datagrams:
+                if t >= since and key in f and (value is None or f[key] == value):
+                    return t
+        raise AssertionError(f"no {key}={value} within {timeout_s} s: {self.datagrams[-5:]}")
+
+    def times(self, key: str) -> list[float]:
+        return [t for t, f in self.datagrams if key in f]
+
+    def close(self) -> None:
+        self.sock.close()

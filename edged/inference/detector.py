@@ -73,6 +73,11 @@ class Detector:
         self._pixels = np.empty((spec.input.height, spec.input.width, 3), np.uint8)
         self._outputs = self._match_outputs()
 
+    def close(self) -> None:
+        """Drop the interpreter (and with it the delegate and its buffers). The detector is
+        unusable afterwards; the worker closes a replaced engine only after its last frame."""
+        self.interpreter = None
+
     def _match_outputs(self) -> list[_Output]:
         """Pair each sidecar output with the one tensor of a fitting shape (order ignored)."""
         head = self.spec.head

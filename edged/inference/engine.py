@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -88,6 +89,10 @@ class Engine:
     def model_name(self) -> str:
         return self.detector.spec.name
 
+    def close(self) -> None:
+        """Free the interpreter and its delegate (a replaced engine, after a reload)."""
+        self.detector.close()
+
 
 def option_str(value: Any) -> str:
     """Delegate options are strings; NXP's parsers accept only true/false/1/0 for booleans."""
@@ -156,7 +161,8 @@ def _warm_up(det: Detector) -> float:
 
 
 def _try_accelerator(att: _Attempt, spec: sidecar.ModelSpec, runtime: Runtime,
-                     cfg: EngineConfig) -> tuple[Detector | None, str | None, float]:
+                     cfg: EngineConfig, cancel: threading.Event | None
+                     ) -> tuple[Detector | None, str | None, float]:
     model = spec.variant_path(att.variant)
     if model is None:
         return None, (f"the model has no '{att.variant}' variant "
@@ -169,7 +175,7 @@ def _try_accelerator(att: _Attempt, spec: sidecar.ModelSpec, runtime: Runtime,
         return None, f"delegate library {att.library} not found", 0.0
     if cfg.probe:
         why = probe_in_child(runtime.name, att.library, att.options, model, cfg.num_threads,
-                             cfg.probe_timeout_s)
+                             cfg.probe_timeout_s, cancel)
         if why is not None:
             return None, why, 0.0
     try:
@@ -190,8 +196,10 @@ def _try_accelerator(att: _Attempt, spec: sidecar.ModelSpec, runtime: Runtime,
     return det, None, ms
 
 
-def open_engine(sidecar_path: Path, cfg: EngineConfig) -> Engine:
-    """Load the model on the configured backend (with CPU fallback) and warm it up."""
+def open_engine(sidecar_path: Path, cfg: EngineConfig,
+                cancel: threading.Event | None = None) -> Engine:
+    """Load the model on the configured backend (with CPU fallback) and warm it up. ``cancel``
+    set during the delegate probe kills the probe and raises ``ProbeCancelled``."""
     spec = sidecar.load(sidecar_path)
     runtime = load_runtime(cfg.runtime)
     soc = detect_soc(cfg.sysfs_root)
@@ -199,7 +207,7 @@ def open_engine(sidecar_path: Path, cfg: EngineConfig) -> Engine:
     reason: str | None = None
     if att is not None:
         logger.info("trying %s backend on %s with %s", att.backend, soc.describe(), runtime.name)
-        det, reason, ms = _try_accelerator(att, spec, runtime, cfg)
+        det, reason, ms = _try_accelerator(att, spec, runtime, cfg, cancel)
         if det is not None:
             return Engine(det, att.backend, runtime.name, soc, None, ms)
         if cfg.require_accelerator:

@@ -17,6 +17,10 @@ from edged.errors import ModelError, UsageError, first_line
 
 logger = logging.getLogger(__name__)
 
+# The whole file is read into memory: the largest detection models people run on these boards
+# are far below this (YOLOv8x float32: ~270 MB); a 20 GB file must not be read whole.
+MAX_MODEL_BYTES = 512 << 20
+
 RUNTIMES: dict[str, str] = {
     "ai_edge_litert": "ai_edge_litert.interpreter",
     "tflite_runtime": "tflite_runtime.interpreter",
@@ -65,7 +69,15 @@ def make_interpreter(runtime: Runtime, model_path: Path, num_threads: int,
     # model overwritten in place (`cp new.tflite model.tflite` before a reload) would then
     # kill the process with SIGBUS. The interpreter keeps a reference to these bytes.
     try:
-        content = model_path.read_bytes()
+        size = model_path.stat().st_size
+        if size > MAX_MODEL_BYTES:
+            raise ModelError(f"model file {model_path} is {size / 2**20:.0f} MiB: larger than "
+                             f"{MAX_MODEL_BYTES // 2**20} MiB, not a model for this board")
+        with model_path.open("rb") as f:
+            content = f.read(MAX_MODEL_BYTES + 1)  # bounded even if it grows meanwhile
+        if len(content) > MAX_MODEL_BYTES:
+            raise ModelError(f"model file {model_path} grew past {MAX_MODEL_BYTES // 2**20} MiB "
+                             "while being read")
     except OSError as e:
         raise ModelError(f"cannot read model {model_path}: {e.strerror or e}") from e
     with quiet_native_output() as captured:

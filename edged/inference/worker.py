@@ -49,6 +49,7 @@ class InferenceWorker(StageThread):
         super().__init__("edged-inference")
         self._lock = threading.Lock()
         self._seq = 0
+        self._retired: list[Engine] = []
         self.busy_since_mono: float | None = None  # set while a frame is processed (watchdog)
         self.error: BaseException | None = None
         self._hang_after = hang_after  # test-only fault: block forever after N frames
@@ -58,8 +59,18 @@ class InferenceWorker(StageThread):
         return self._engine
 
     def set_engine(self, engine: Engine) -> None:
+        """Use ``engine`` from the next frame on; the replaced one is closed by this thread
+        after its last frame (never under a running invoke)."""
         with self._lock:
+            if self._engine is not engine:
+                self._retired.append(self._engine)
             self._engine = engine
+
+    def set_slot(self, slot: LatestFrameSlot) -> None:
+        """Take frames from ``slot`` from now on (a new capture after a reload): a capture
+        thread that has not ended yet keeps filling its old slot, which nobody reads."""
+        with self._lock:
+            self._slot = slot
 
     def set_params(self, params: DetectParams, empty_frames: bool) -> None:
         with self._lock:
@@ -74,7 +85,11 @@ class InferenceWorker(StageThread):
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                frame = self._slot.get(0.1)
+                with self._lock:
+                    slot, retired, self._retired = self._slot, self._retired, []
+                for old in retired:
+                    old.close()
+                frame = slot.get(0.1)
                 if frame is None:
                     continue
                 with self._lock:

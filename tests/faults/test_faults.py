@@ -246,8 +246,9 @@ STOP_BOUND_S = 2.0  # issue requirement: SIGTERM -> exit 0 within 2 s (signal to
 
 
 def _children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True,
-                         check=False).stdout
+    """The daemon's delegate probe processes (not its native-output logger)."""
+    out = subprocess.run(["pgrep", "-P", str(pid), "-f", "edged.inference.probe"],
+                         capture_output=True, text=True, check=False).stdout
     return [int(p) for p in out.split()]
 
 

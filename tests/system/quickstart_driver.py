@@ -58,7 +58,7 @@ def main() -> None:
     edged = src / ".venv-run/bin/edged"
     deadline = time.monotonic() + t["demo"]
     while time.monotonic() < deadline and demo.poll() is None and \
-            "state: warming_up -> running" not in tail(demo_log):
+            "-> running" not in tail(demo_log):
         time.sleep(1)
     ready_s = time.monotonic() - t0
     sub: dict[str, Any] = {"rc": None, "out": "", "err": "demo did not come up"}

@@ -193,6 +193,10 @@ def operator() -> None:
     # 1. start: Type=notify, so this returns when edged sent READY=1 (or failed)
     start = run(["systemctl", "start", "edged"], t["start"])
     st = show()
+    # READY=1 may come before the camera's first frame (state source_down, "no frame yet"):
+    # the status follows within status_interval_s of that frame.
+    wait_until(lambda: show().get("StatusText", "").startswith("running"), t["messages"])
+    st = {**st, "StatusText": show().get("StatusText", "")}
     step("start", **start, show=st)
     if start["rc"] != 0 or st.get("ActiveState") != "active":
         time.sleep(1)
