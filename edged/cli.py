@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from edged import __version__
 from edged.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EdgedError, UsageError
+from edged.limits import MAX_DETECTIONS, THREADS  # the same bounds as the config file's
 from edged.log import setup_cli_logging
 
 if TYPE_CHECKING:
@@ -28,8 +29,6 @@ logger = logging.getLogger("edged")
 # is 2**30: a 20000x20000 PNG took 2.4 GB); videos are held to the same (edged.export.calib).
 MAX_IMAGE_PIXELS = 1 << 27
 # The bounds of the command-line numbers, the same as the config's where it has the setting.
-THREADS = (1, 64)
-MAX_DETECTIONS = (1, 10_000)
 RUNS = (1, 100_000)
 SUB_TIMEOUT_S = (0.0, 86_400.0)
 SUB_COUNT = (0, 1 << 31)

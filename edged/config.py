@@ -17,6 +17,7 @@ from typing import Any
 from edged import sidecar
 from edged.errors import ConfigError, ModelError
 from edged.inference.engine import BUILTIN_DELEGATES
+from edged.limits import MAX_DETECTIONS, THREADS
 from edged.media import SAMPLE_CLIP
 from edged.models import DEFAULT_MODEL
 from edged.yamlfile import MAX_VALUES, parse, read_text, show
@@ -245,7 +246,7 @@ def _inference(v: _V) -> InferenceConfig:
                                 f"got {show(runtime)}")
     cache = v.get_str("cache_dir", None)
     return InferenceConfig(delegate, options, v.get_bool("require_accelerator", False),
-                           runtime or "auto", v.get_int("threads", 2, 1, 64) or 2,
+                           runtime or "auto", v.get_int("threads", 2, *THREADS) or 2,
                            Path(cache) if cache else None,
                            v.get_num("watchdog_timeout_s", 10.0, 0.1, 3600.0) or 10.0,
                            v.get_bool("probe_delegate", True),
@@ -274,7 +275,7 @@ def _detection(v: _V, labels: tuple[str, ...]) -> DetectionConfig:
     return DetectionConfig(
         conf_threshold=v.get_num("conf_threshold", 0.25, 0.0, 1.0) or 0.0,
         iou_threshold=v.get_num("iou_threshold", 0.45, 0.0, 1.0) or 0.0,
-        max_detections=v.get_int("max_detections", 100, 1, 10000) or 100,
+        max_detections=v.get_int("max_detections", 100, *MAX_DETECTIONS) or 100,
         class_thresholds=thresholds, classes=classes,
         min_box_area=v.get_num("min_box_area", 0.0, 0.0, 1e9) or 0.0)
 
