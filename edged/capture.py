@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 _URL_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://")
 
 
+MAX_OPEN_MS = 10_000  # a network source's open (connect, DESCRIBE, SETUP, PLAY) at most
+_OPEN_LOCK = threading.Lock()  # one source open at a time (see CaptureThread._run)
 _USERINFO = re.compile(r"([a-z][a-z0-9+.-]*://[^/@:\s]*):[^/@\s]*@", re.I)
 
 
@@ -132,8 +134,10 @@ def _open(spec: SourceSpec) -> cv2.VideoCapture:
         return cap
     # A stalled network source makes read() fail after stall_timeout_s instead of hanging.
     # One decoder thread: on a 2-core board the cores belong to inference.
+    # The open is bounded harder: OpenCV runs one FFmpeg open at a time per process, so a
+    # silent camera's open holds up a reload's new source for as long as it lasts.
     timeout_ms = int(spec.stall_timeout_s * 1000)
-    params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, max(timeout_ms, 1000),
+    params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, min(max(timeout_ms, 1000), MAX_OPEN_MS),
               cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_N_THREADS, 1]
     return cv2.VideoCapture(spec.source, cv2.CAP_FFMPEG, params)
 
@@ -276,6 +280,8 @@ class CaptureThread(StageThread):
     def _state(self, up: bool, reason: str) -> None:
         """Report a change: up/down, or a new reason while down (reconnects failing now for
         another reason than the one that took the source down)."""
+        if self._stop.is_set():
+            return  # a stopped capture (replaced by a reload) says nothing any more
         if up == self._up and (up or reason == self._reason):
             return
         flipped = up != self._up
@@ -310,13 +316,26 @@ class CaptureThread(StageThread):
         backoff = self.spec.reconnect_initial_s
         while not self._stop.is_set():
             native: list[str] = []
+            # OpenCV runs one FFmpeg open at a time per process: a capture stopped by a reload
+            # must not queue behind a silent camera's open and then run its own full open
+            # while the new capture waits. Ours first, with a stop check once we have it.
+            while not _OPEN_LOCK.acquire(timeout=0.1):
+                if self._stop.is_set():
+                    return
+            refused: ConfigError | None = None
             try:
+                if self._stop.is_set():
+                    return
                 with native_lines() as said:  # FFmpeg's word on why an open fails
                     cap = _open(self.spec)
                     if not cap.isOpened():
                         native = said()
-            except ConfigError as e:  # cannot ever work: report and wait for a reload/stop
-                self._state(False, str(e))
+            except ConfigError as e:
+                refused = e
+            finally:
+                _OPEN_LOCK.release()
+            if refused is not None:  # cannot ever work: report and wait for a reload/stop
+                self._state(False, str(refused))
                 self._stop.wait(self.spec.reconnect_max_s)
                 continue
             try:

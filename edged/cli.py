@@ -319,6 +319,8 @@ def _add_run(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import faulthandler
+
     from edged._native import NativeOutputForwarder
     from edged.log import under_journal
     from edged.signals import PendingSignals
@@ -333,6 +335,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     # its own writes them: edged._nativelog).
     with NativeOutputForwarder() as native:
         native.start(journal=under_journal(), level=level)
+        # A crash in native code (a delegate's SIGSEGV) leaves the Python stacks in the log.
+        faulthandler.enable(sys.stderr)
         from edged.service import Service
 
         return Service(cfg, args.config, pending=pending).run()

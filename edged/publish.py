@@ -23,6 +23,7 @@ from typing import Any
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import recv_monitor_message
 
 from edged.config import CurveConfig, PublishConfig
 from edged.errors import ConfigError, EdgedError, first_line
@@ -40,9 +41,9 @@ QUEUE_SIZE = 16
 # strangers need CURVE with authorized_keys_dir: unknown peers are refused before they can
 # subscribe (README, "Encryption and access control").
 MAX_INBOUND_BYTES = 4096
-RELISTEN_WAIT_S = 2.0  # how long an endpoint we unbound may take to be free again
-REBIND_RETRY_S = 2.0  # an endpoint lost in a failed re-listen is bound again this often
 ZAP_DOMAIN = b"edged"
+MAX_CLIENT_KEYS = 10_000
+MAX_KEY_FILE_BYTES = 64 * 1024
 LOOPBACK_HOSTS = ("localhost", "[::1]", "ip6-localhost")
 
 
@@ -52,6 +53,11 @@ class PublishError(ConfigError):
 
 def _server_key(curve: CurveConfig) -> tuple[bytes, bytes]:
     try:
+        st = os.stat(curve.server_secret_key)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_KEY_FILE_BYTES:
+            raise PublishError(f"publish.curve.server_secret_key: {curve.server_secret_key} is "
+                               f"not a key file (a regular file of at most "
+                               f"{MAX_KEY_FILE_BYTES} bytes)")
         public, secret = zmq.auth.load_certificate(str(curve.server_secret_key))
     except (OSError, ValueError) as e:
         raise PublishError(f"publish.curve.server_secret_key: cannot load "
@@ -66,11 +72,29 @@ def _client_keys(curve: CurveConfig) -> frozenset[bytes] | None:
     """The public keys in authorized_keys_dir (None: any client may connect)."""
     if curve.authorized_keys_dir is None:
         return None
+    where = f"publish.curve.authorized_keys_dir: {curve.authorized_keys_dir}"
     try:
+        # pyzmq opens every *.key file there: each must be a small regular file (a FIFO
+        # would block the reload for ever, /dev/zero never end)
+        names = [e for e in os.scandir(curve.authorized_keys_dir) if e.name.endswith(".key")]
+        if len(names) > MAX_CLIENT_KEYS:
+            raise PublishError(f"{where}: more than {MAX_CLIENT_KEYS} keys")
+        for e in names:
+            st = os.stat(e.path)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_KEY_FILE_BYTES:
+                raise PublishError(f"{where}: {e.name} is not a key file (a regular file "
+                                   f"of at most {MAX_KEY_FILE_BYTES} bytes)")
         return frozenset(zmq.auth.load_certificates(str(curve.authorized_keys_dir)))
     except (OSError, ValueError) as e:
         raise PublishError(f"publish.curve.authorized_keys_dir: cannot load the client keys "
                            f"in {curve.authorized_keys_dir}: {e}") from e
+
+
+def _tcp_port(ep: str) -> int | None:
+    if not ep.startswith("tcp://"):
+        return None
+    tail = ep.rsplit(":", 1)[-1]
+    return int(tail) if tail.isdigit() else None
 
 
 def _warn_if_exposed(cfg: PublishConfig) -> None:
@@ -154,7 +178,8 @@ class Publisher(StageThread):
         self._server: tuple[bytes, bytes] | None = None  # CURVE server key pair in use
         self._commands: queue.SimpleQueue[_Command] = queue.SimpleQueue()
         self.bound: tuple[str, ...] = ()  # endpoints bound now (status)
-        self._failing: set[str] = set()  # configured endpoints that could not be bound again
+        self._monitor: zmq.Socket[bytes] | None = None  # accepted/closed connection events
+        self._accepted: set[int] = set()  # fds of the tcp connections our listeners accepted
         self.dropped = 0  # messages we dropped: queue full, or not encodable (below)
         self.unencodable = 0  # messages JSON cannot carry (NaN from a broken model)
         self.loop_mono = time.monotonic()  # each turn of the loop (the watchdog checks it)
@@ -172,36 +197,29 @@ class Publisher(StageThread):
             # in 15 s of churn, benchmarks/churn.py --kinds random-bytes).
             self._start_auth()
             sock.zap_domain = ZAP_DOMAIN
+            self._monitor = sock.get_monitor_socket(
+                zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED)
             if self.cfg.curve is not None:
                 self._setup_curve(sock, self.cfg.curve)
             for ep in self.cfg.endpoints:
                 self._bind_one(sock, self.cfg, ep)
             _warn_if_exposed(self.cfg)
         except BaseException:
+            self._close_monitor(sock)
             sock.close(linger=0)
             self._close_context()
             raise
         self._sock = sock
 
-    def _bind_one(self, sock: zmq.Socket[bytes], cfg: PublishConfig, ep: str,
-                  wait_s: float = 0.0) -> None:
-        """Bind ``ep``; ``wait_s``: an endpoint we have just unbound is released by libzmq's
-        I/O thread a moment later, so EADDRINUSE is retried that long."""
+    def _bind_one(self, sock: zmq.Socket[bytes], cfg: PublishConfig, ep: str) -> None:
         where = f"publish.endpoints[{cfg.endpoints.index(ep)}]"
-        deadline = time.monotonic() + wait_s
-        while True:
-            if ep.startswith("ipc://"):
-                _check_ipc_path(ep[6:], where)
-            try:
-                sock.bind(ep)
-                break
-            except zmq.ZMQError as e:
-                if e.errno == errno.EADDRINUSE and time.monotonic() < deadline:
-                    time.sleep(0.02)
-                    continue
-                hint = " (another process is using the port)" \
-                    if e.errno == errno.EADDRINUSE else ""
-                raise PublishError(f"{where}: cannot bind {ep}: {e.strerror}{hint}") from e
+        if ep.startswith("ipc://"):
+            _check_ipc_path(ep[6:], where)
+        try:
+            sock.bind(ep)
+        except zmq.ZMQError as e:
+            hint = " (another process is using the port)" if e.errno == errno.EADDRINUSE else ""
+            raise PublishError(f"{where}: cannot bind {ep}: {e.strerror}{hint}") from e
         if ep.startswith("ipc://"):
             os.chmod(ep[6:], cfg.ipc_mode)
         self.bound = (*self.bound, ep)
@@ -294,42 +312,54 @@ class Publisher(StageThread):
                 cmd.done.set()
 
     def _reconfigure(self, new: PublishConfig, camera: str) -> list[str]:
+        """Never unbinds an endpoint that stays: a port released even for a moment can be
+        taken by any local process (and subscribers would then reconnect to it)."""
         sock = self._sock
         assert sock is not None
         old = self.cfg
         changes: list[str] = []
         keys = _client_keys(new.curve) if new.curve is not None else None
         server = _server_key(new.curve) if new.curve is not None else None
-        old_server = self._server
-        old_keys = self._client_keys
-        revoked = new.curve is not None and keys is not None and (
-            old_keys is None or bool(old_keys - keys))
-        if server != old_server or revoked:
-            self._relisten(sock, old, new)
-            changes.append("security changed: every subscriber reconnected"
-                           if server != old_server else
-                           f"CURVE: {len(keys or ())} client keys authorized, "
-                           f"{len((old_keys or frozenset()) - (keys or frozenset()))} revoked "
-                           "(their connections were closed; the others reconnected)")
-        else:
-            added = [e for e in new.endpoints if e not in self.bound]
-            done: list[str] = []
-            try:
-                for ep in added:
-                    self._bind_one(sock, new, ep)
-                    done.append(ep)
-            except PublishError:
-                for ep in done:
-                    self._unbind_one(sock, ep)
-                raise
-            for ep in [e for e in self.bound if e not in new.endpoints]:
+        if server != self._server:
+            # libzmq takes a socket's security options when an endpoint is bound: applying
+            # them means unbinding every endpoint, which hands the ports to whoever asks.
+            raise PublishError("publish.curve: turning CURVE on or off, or a new server key, "
+                               "takes a restart (systemctl restart edged)")
+        added = [e for e in new.endpoints if e not in self.bound]
+        removed = [e for e in self.bound if e not in new.endpoints]
+        for ep in added:
+            port = _tcp_port(ep)
+            if port is not None and any(_tcp_port(r) == port for r in removed):
+                raise PublishError(f"publish.endpoints: {ep} moves an endpoint of edged's to "
+                                   "another address on the same port; that takes a restart")
+        done: list[str] = []
+        try:
+            for ep in added:
+                self._bind_one(sock, new, ep)
+                done.append(ep)
+        except PublishError:
+            for ep in done:
                 self._unbind_one(sock, ep)
-                changes.append(f"unbound {ep}")
-            changes.extend(f"bound {ep}" for ep in done)
-            if new.curve is not None and keys != old_keys:
-                self._configure_auth(new.curve)
-                self._client_keys = keys
-                changes.append(f"CURVE: {len(keys or ())} client keys authorized"
+            raise
+        for ep in removed:
+            self._unbind_one(sock, ep)
+            changes.append(f"unbound {ep}")
+        changes.extend(f"bound {ep}" for ep in done)
+        old_keys = self._client_keys
+        if new.curve is not None and keys != old_keys:
+            self._configure_auth(new.curve)
+            self._client_keys = keys
+            revoked = len(old_keys - keys) if old_keys is not None and keys is not None \
+                else 0
+            if keys is not None and (old_keys is None or revoked):
+                # ZAP is asked once per connection: a revoked client stays connected until
+                # its connection ends. End them all; the others reconnect by themselves.
+                closed = self._drop_connections()
+                what = revoked if old_keys is not None else "any other key"
+                changes.append(f"CURVE: {len(keys)} client keys authorized, {what} revoked "
+                               f"({closed} connections closed; the others reconnect)")
+            else:
+                changes.append(f"CURVE: {len(keys)} client keys authorized"
                                if keys is not None else "CURVE: any client key accepted")
         if new.sndhwm != old.sndhwm:
             sock.setsockopt(zmq.SNDHWM, new.sndhwm)  # for subscribers connecting from now on
@@ -348,38 +378,44 @@ class Publisher(StageThread):
         self.cfg = new
         return changes
 
-    def _relisten(self, sock: zmq.Socket[bytes], old: PublishConfig,
-                  new: PublishConfig) -> None:
-        """Unbind everything and bind again with the new security options. If that fails,
-        the old settings are restored; an endpoint that cannot be restored either is retried
-        by the thread every few seconds (and missing from ``bound`` meanwhile)."""
-        unbound = self.bound
-        for ep in unbound:
-            self._unbind_one(sock, ep)
-        try:
-            self._set_security(sock, new.curve)
-            for ep in new.endpoints:
-                self._bind_one(sock, new, ep, RELISTEN_WAIT_S if ep in unbound else 0.0)
-        except PublishError:
-            for ep in self.bound:
-                self._unbind_one(sock, ep)
-            self._set_security(sock, old.curve)
-            self._bind_missing(sock, old, RELISTEN_WAIT_S)
-            raise
+    # --- the connections we accepted (to end them when a key is revoked) ------------------
+    def _drain_monitor(self) -> None:
+        mon = self._monitor
+        if mon is None:
+            return
+        while mon.poll(0):
+            event: dict[str, Any] = dict(recv_monitor_message(mon))
+            fd = event.get("value")
+            if not isinstance(fd, int):
+                continue
+            if event["event"] == zmq.EVENT_ACCEPTED:
+                self._accepted.add(fd)
+            else:  # disconnected or closed
+                self._accepted.discard(fd)
 
-    def _bind_missing(self, sock: zmq.Socket[bytes], cfg: PublishConfig,
-                      wait_s: float = 0.0) -> None:
-        for ep in cfg.endpoints:
-            if ep in self.bound:
+    def _drop_connections(self) -> int:
+        """Shut down every tcp connection our listeners accepted (libzmq then closes it)."""
+        self._drain_monitor()
+        ours = [(ep[6:].rsplit(":", 1)[0], p) for ep in self.bound
+                if (p := _tcp_port(ep)) is not None]
+        closed = 0
+        for fd in sorted(self._accepted):
+            try:
+                s = socket.socket(fileno=os.dup(fd))
+            except OSError:
                 continue
             try:
-                self._bind_one(sock, cfg, ep, wait_s)
-            except PublishError as e:
-                if ep not in self._failing:
-                    logger.error("%s; retrying every %g s", e, REBIND_RETRY_S)
-                    self._failing.add(ep)
-            else:
-                self._failing.discard(ep)
+                host, port = s.getsockname()[:2]
+                # the fd may have been closed and reused meanwhile (the monitor's events can
+                # lag behind): only ever a socket on one of our ports
+                if any(p == port and h in ("*", "0.0.0.0", "[::]", host) for h, p in ours):
+                    s.shutdown(socket.SHUT_RDWR)
+                    closed += 1
+            except OSError:
+                pass
+            finally:
+                s.close()
+        return closed
 
     # --- producer side (any thread) ---------------------------------------------------------
     def submit(self, message: dict[str, Any]) -> None:
@@ -427,13 +463,10 @@ class Publisher(StageThread):
     def _serve(self) -> None:
         assert self._sock is not None
         next_status = time.monotonic()
-        next_rebind = time.monotonic() + REBIND_RETRY_S
         while True:
             self.loop_mono = time.monotonic()
             self._run_commands()
-            if self._failing and time.monotonic() >= next_rebind:
-                self._bind_missing(self._sock, self.cfg)
-                next_rebind = time.monotonic() + REBIND_RETRY_S
+            self._drain_monitor()
             interval = self.cfg.status_interval_s  # a reload may change it
             sent_snapshot = False
             while not self._status_queue.empty():
@@ -456,6 +489,7 @@ class Publisher(StageThread):
             self._send_status(self._status_queue.get_nowait())
         self._send_status()  # the final state (stopping) for late listeners
         assert self._sock is not None
+        self._close_monitor(self._sock)
         self._sock.close(linger=self.cfg.linger_ms)
         self._sock = None
 
@@ -470,10 +504,18 @@ class Publisher(StageThread):
         ended = super().join(timeout_s)
         if ended:
             if self._sock is not None:  # the thread died without closing it: term() would hang
+                self._close_monitor(self._sock)
                 self._sock.close(linger=0)
                 self._sock = None
             self._close_context()
         return ended
+
+    def _close_monitor(self, sock: zmq.Socket[bytes]) -> None:
+        if self._monitor is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                sock.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
 
     def _close_context(self) -> None:
         if self._auth is not None:

@@ -1,31 +1,22 @@
 """systemd's notify protocol: READY/STATUS/WATCHDOG/EXTEND_TIMEOUT/RELOADING/STOPPING.
 
-Uses systemd-python's ``systemd.daemon.notify`` when it is installed, else the plain protocol
-(one datagram to ``$NOTIFY_SOCKET``), which is all that function does too. A no-op when not
-started by systemd. The watchdog period is half of ``$WATCHDOG_USEC`` (when ``$WATCHDOG_PID``,
-if set, is us); *whether* to ping is the service's decision, from pipeline progress.
+The plain protocol (one datagram to ``$NOTIFY_SOCKET``), sent without blocking: libsystemd's
+``sd_notify`` (systemd-python) blocks while the receiver's queue is full, and the daemon must
+never stall on its supervisor. A no-op when not started by systemd. The watchdog period is half
+of ``$WATCHDOG_USEC`` (when ``$WATCHDOG_PID``, if set, is us); *whether* to ping is the
+service's decision, from pipeline progress.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 logger = logging.getLogger(__name__)
-
-
-def _systemd_notify() -> Callable[[str], object] | None:
-    try:
-        daemon = importlib.import_module("systemd.daemon")
-    except ImportError:
-        return None
-    fn: Callable[[str], object] = daemon.notify
-    return fn
 
 
 class Notifier:
@@ -35,9 +26,11 @@ class Notifier:
         if addr.startswith("@"):  # abstract namespace
             addr = "\0" + addr[1:]
         self._addr = addr or None
+        # Our own datagram socket rather than libsystemd's sd_notify (systemd-python): that one
+        # blocks while the receiver's queue is full (10 datagrams by default), and a daemon
+        # must never stall on its supervisor. A datagram that does not fit is dropped.
         self._sock: socket.socket | None = None
-        self._lib = _systemd_notify() if self._addr else None
-        if self._addr and self._lib is None:
+        if self._addr:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self.watchdog_period_s: float | None = None
         usec = env.get("WATCHDOG_USEC", "")
@@ -57,10 +50,8 @@ class Notifier:
         payload = "\n".join(fields)
         with self._lock:
             try:
-                if self._lib is not None:
-                    self._lib(payload)
-                elif self._sock is not None:
-                    self._sock.sendto(payload.encode(), self._addr)
+                if self._sock is not None:
+                    self._sock.sendto(payload.encode(), socket.MSG_DONTWAIT, self._addr)
             except OSError as e:
                 logger.debug("sd_notify to %s failed: %s", self._addr, e)
 

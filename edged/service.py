@@ -4,6 +4,7 @@ capture; shutdown is the reverse, bounded in time."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -11,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -28,13 +30,14 @@ from edged.log import CONTEXT
 from edged.messages import status_message
 from edged.publish import Publisher, PublishError
 from edged.sdnotify import Notifier
-from edged.signals import PendingSignals
+from edged.signals import PendingSignals, default_action
 from edged.stats import PipelineStats
 
 logger = logging.getLogger(__name__)
 
 STOP_BUDGET_S = 1.5  # all joins together, so SIGTERM → exit well within 2 s
 CAPTURE_JOIN_S = 0.3
+APPLY_WAIT_S = 0.4  # a reload's swap holds its lock at most ~CAPTURE_JOIN_S
 # A reload loading a model may take the delegate probe's timeout plus this (reading, building
 # and warming the interpreter) before it is abandoned; the deadline is in every status message.
 RELOAD_LOAD_BUDGET_S = 120.0
@@ -42,6 +45,7 @@ RELOAD_LOAD_BUDGET_S = 120.0
 # reload waits for it to stay unchanged that long (at most CONFIG_SETTLE_MAX_S).
 CONFIG_QUIET_S = 0.5
 NO_FRAME_YET = "opening the source: no frame yet"
+BUILD_MARGIN_S = 30.0  # the watchdog stretch around an in-process delegate build, beyond 3x
 CONFIG_SETTLE_MAX_S = 5.0
 FAULT_ENV = "EDGED_TEST_FAULT"  # test-only: "hang_inference_after=N" (README, "Testing hooks")
 
@@ -94,7 +98,8 @@ def read_settled_config(path: Path, stop: threading.Event) -> Config:
     """Load the config once it has stopped changing: a SIGHUP sent while an editor is still
     writing the file (truncate, write, write) must not apply a truncated-but-valid YAML. Waits
     until the file is CONFIG_QUIET_S old and unchanged across the read (at most
-    CONFIG_SETTLE_MAX_S); an atomic replace (write a temp file, then mv) never needs the wait."""
+    CONFIG_SETTLE_MAX_S). An atomic replace (write a temp file, then mv) is never read half
+    written; the 0.5 s wait applies to it too (edged cannot tell it from an editor's write)."""
     deadline = time.monotonic() + CONFIG_SETTLE_MAX_S
     said = False
     while True:
@@ -263,7 +268,8 @@ class Service:
         self._set_state("warming_up")
         self._model_stamp = model_stamp(self.cfg)
         with self.notifier.extending_start_timeout():
-            self.engine = open_engine(self.cfg.model, engine_config(self.cfg))
+            self.engine = open_engine(self.cfg.model, engine_config(self.cfg),
+                                      in_process=self._in_process_build)
         CONTEXT.set(camera=self.cfg.camera.name, backend=self.engine.backend,
                     model=self.engine.model_name)
         logger.info("model %s on %s via %s, warm-up %.0f ms", self.engine.model_name,
@@ -381,7 +387,7 @@ class Service:
         self._stop.set()  # a reload in progress stops at its next step (a probe is killed)
         # A reload's swap is short (no model loading under the lock); wait for it briefly so
         # the parts stopped below are the ones running.
-        locked = self._apply_lock.acquire(timeout=0.5)
+        locked = self._apply_lock.acquire(timeout=APPLY_WAIT_S)
         try:
             self._shutdown()
         finally:
@@ -389,6 +395,10 @@ class Service:
                 self._apply_lock.release()
 
     def _shutdown(self) -> None:
+        if self.reload_in_progress() and self._reload_info is not None:
+            self._reload_info = {**self._reload_info, "state": "abandoned", "phase": "done",
+                                 "ended_ts_ns": time.time_ns(), "deadline_s": None,
+                                 "message": "stopped during the reload"}
         self._set_state("stopping")
         self.notifier.notify("STOPPING=1")
         deadline = time.monotonic() + STOP_BUDGET_S
@@ -464,13 +474,30 @@ class Service:
                 self._reload_deadline = time.monotonic() + budget
                 self._phase(gen, "loading_model", budget)
                 try:
-                    engine = open_engine(new.model, engine_config(new), self._stop)
+                    engine = open_engine(new.model, engine_config(new), self._stop,
+                                         self._in_process_build)
                 except EdgedError as e:
                     logger.error("reload: new model/backend rejected, the running one stays: "
                                  "%s", e)
                     message = f"model/inference kept: {e}"
                     new = dataclasses.replace(new, model=old.model, inference=old.inference)
                     stamp = self._model_stamp
+                else:
+                    running = self.engine
+                    if engine.fallback_reason and running is not None \
+                            and running.backend != "cpu":
+                        # never trade a working accelerator for the CPU fallback of a
+                        # delegate that failed: the running engine stays
+                        logger.error("reload: the new backend is unavailable (%s); the running "
+                                     "%s engine stays", engine.fallback_reason, running.backend)
+                        message = (f"model/inference kept: the new backend is unavailable: "
+                                   f"{engine.fallback_reason}")
+                        engine.close()
+                        engine = None
+                        new = dataclasses.replace(new, model=old.model, inference=old.inference)
+                        stamp = self._model_stamp
+                    elif engine.fallback_reason:
+                        message = f"on the CPU: {engine.fallback_reason}"
                 self._reload_deadline = None
             self._phase(gen, "applying")
             with self._apply_lock:
@@ -503,6 +530,33 @@ class Service:
         if entered and not self._stop.is_set():
             self._serve_state()
         self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
+
+    @contextlib.contextmanager
+    def _in_process_build(self, probe_s: float) -> Iterator[None]:
+        """Around a delegate building its graph in this process, which holds Python's lock
+        for as long as it takes (nothing else here runs: no status, no watchdog ping, no
+        Python signal handler). Before it: say so, stretch systemd's watchdog to 3x what the
+        probe took + 30 s, and let SIGTERM/SIGINT end the process at once (their default
+        action; systemd counts it as a clean stop). After it: all as it was."""
+        gen = self._reload_gen
+        if self.reload_in_progress():
+            self._phase(gen, "building", self._reload_info.get("deadline_s")
+                        if self._reload_info else None)
+        logger.warning("building the delegate's graph in this process (its probe took "
+                       "%.1f s): publishing pauses meanwhile", probe_s)
+        period = self.notifier.watchdog_period_s
+        if period is not None:
+            stretch = max(2 * period, 3 * probe_s + BUILD_MARGIN_S)
+            self.notifier.notify(f"WATCHDOG_USEC={int(stretch * 1e6)}", "WATCHDOG=1")
+        try:
+            with default_action():
+                yield
+        finally:
+            if period is not None:
+                self.notifier.notify(f"WATCHDOG_USEC={int(2 * period * 1e6)}", "WATCHDOG=1")
+            if self.reload_in_progress():
+                self._phase(gen, "loading_model", self._reload_info.get("deadline_s")
+                            if self._reload_info else None)
 
     def _check_reload_deadline(self, now: float) -> None:
         """A reload still loading its model at the deadline (a delegate hung in-process, with
@@ -561,12 +615,14 @@ class Service:
         old_cap, old_slot = self.capture, self.slot
         if old_cap is not None:
             old_cap.stop()
-            if not old_cap.join(1.0):
+            if not old_cap.join(CAPTURE_JOIN_S):
                 logger.warning("reload: the old capture thread is still in a read; it is "
                                "abandoned")
             self._base_frames_in += old_cap.frames
             self._base_reconnects += old_cap.reconnects
         self._base_dropped += old_slot.dropped
+        if self._stop.is_set():
+            return  # stopping meanwhile: no new capture
         self.slot = LatestFrameSlot()
         self.cfg = new
         assert self.worker is not None

@@ -10,8 +10,11 @@ heavy import. (What remains is the interpreter's own start-up, before any of our
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import signal
+from collections.abc import Iterator
 from types import FrameType
 
 logger = logging.getLogger(__name__)
@@ -38,3 +41,35 @@ class PendingSignals:
 
     def _on_hup(self, signum: int, frame: FrameType | None) -> None:
         self.reload = True
+
+
+_SIGACTION_BYTES = 512  # >= sizeof(struct sigaction) on every Linux ABI (152 on glibc)
+
+
+@contextlib.contextmanager
+def default_action(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
+    """Give ``signals`` their default action (end the process) for the duration, from any
+    thread, then put back exactly what was there (Python's handler included).
+
+    For the spans where native code holds Python's lock for long (a delegate building its
+    graph in this process): Python's handlers only run in the main thread once it gets the
+    lock back, so SIGTERM would wait for the build; the default action ends the process at
+    once, which systemd counts as a clean stop.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        sigaction = libc.sigaction
+    except (OSError, AttributeError):  # not glibc/musl: leave the handlers alone
+        yield
+        return
+    default = ctypes.create_string_buffer(_SIGACTION_BYTES)  # SIG_DFL, no flags, empty mask
+    saved: list[tuple[int, ctypes.Array[ctypes.c_char]]] = []
+    try:
+        for sig in signals:
+            old = ctypes.create_string_buffer(_SIGACTION_BYTES)
+            if sigaction(sig, default, old) == 0:
+                saved.append((sig, old))
+        yield
+    finally:
+        for sig, old in reversed(saved):
+            sigaction(sig, old, None)

@@ -197,8 +197,9 @@ RESUME_BOUND_S = 3.0  # issue requirement: detections resume within 3 s of the c
 
 
 def _wait_listening(port: int, timeout_s: float) -> None:
-    """Until something listens on 127.0.0.1:port (read from /proc: connecting would use up
-    ffmpeg's single `-listen 1` client)."""
+    """Until something listens on 127.0.0.1:port, or has already accepted its client there
+    (read from /proc: connecting would use up ffmpeg's single `-listen 1` client, and ffmpeg
+    closes its listening socket as soon as edged connects, which can be within one poll)."""
     want = f":{port:04X}"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -206,7 +207,7 @@ def _wait_listening(port: int, timeout_s: float) -> None:
             with contextlib.suppress(OSError):
                 for line in Path(table).read_text().splitlines()[1:]:
                     f = line.split()
-                    if f[1].endswith(want) and f[3] == "0A":  # 0A: LISTEN
+                    if f[1].endswith(want) and f[3] in ("0A", "01"):  # LISTEN, ESTABLISHED
                         return
         time.sleep(0.01)
     raise AssertionError(f"nothing listens on port {port} after {timeout_s:.0f} s")

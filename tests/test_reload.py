@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -350,3 +351,202 @@ def test_model_replaced_in_place_is_loaded_on_reload(tmp_path: Path, speed: Spee
     assert code == 0, d.stderr
     new_lines = d.stderr[len(before):]
     assert "rejected" in new_lines and "INFO" not in new_lines, new_lines
+
+
+def test_reload_onto_a_slow_delegate_stretches_the_watchdog(tmp_path: Path, speed: Speed,
+                                                            recording_delegate: Path) -> None:
+    """A delegate that works but takes seconds to build its graph (an NPU compiling): after
+    its probe passes, the build runs in the daemon while the runtime holds Python's lock, so
+    no watchdog ping can be sent: that froze the pings past WatchdogSec (systemd kills), and a
+    SIGTERM waited for the whole build. Now the watchdog is stretched (WATCHDOG_USEC=) around
+    the build and put back after; SIGTERM during a build ends the process at once (its default
+    action: systemd counts it as a clean stop)."""
+    sd = FakeSystemd(tmp_path)
+    port = free_port()
+    build_ms = 3000
+    watchdog_usec = 2_000_000
+    env = {"NOTIFY_SOCKET": str(sd.path), "WATCHDOG_USEC": str(watchdog_usec)}
+    base = _base(port)
+    cfg = _write(tmp_path / "c.yaml", base)
+
+    def slow(ms: int) -> dict[str, Any]:
+        return {**base, "inference": {"delegate": str(recording_delegate),
+                                      "delegate_options": {"sleep_ms": ms}}}
+
+    pumping = threading.Event()
+    pump = threading.Thread(target=lambda: [sd.pump(0.1) for _ in iter(pumping.is_set, True)],
+                            daemon=True)
+    try:
+        with Daemon(tmp_path, cfg, env) as d, Listener(f"tcp://127.0.0.1:{port}") as sub:
+            pump.start()  # like systemd: every datagram read at once
+            sub.wait_count(is_det, 3, speed.start_deadline(n_frames=3), "det messages")
+            mark = time.monotonic()
+            _write(cfg, slow(build_ms))
+            reload = _hup_and_wait(d, sub, speed)
+            assert reload["state"] == "applied", reload
+            assert "building the delegate's graph in this process" in d.stderr
+            sub.wait_until(lambda m: is_det(m) and m[1]["backend"] == "external",
+                           speed.deadline(n_frames=3), "det messages from the new engine")
+            time.sleep(0.5)
+            # then a second one, interrupted by SIGTERM while it builds
+            _write(cfg, slow(8_000))
+            n = d.stderr.count("building the delegate's graph")
+            d.signal(signal.SIGHUP)
+            deadline = time.monotonic() + speed.deadline(base_s=8.0) + 8  # the probe: 8 s
+            while d.stderr.count("building the delegate's graph") == n:
+                assert time.monotonic() < deadline and d.proc.poll() is None, d.stderr[-2000:]
+                time.sleep(0.1)
+            time.sleep(0.5)  # inside the build now
+            code, took = d.stop()
+        time.sleep(0.3)
+    finally:
+        pumping.set()
+        pump.join(2)
+        sd.close()
+    assert code == -signal.SIGTERM and took < STOP_BOUND_S, (code, took, d.stderr[-2000:])
+    # Every gap between two pings is covered by the WATCHDOG_USEC in force at its start.
+    events = [(t, f) for t, f in sd.datagrams if t >= mark]
+    limit, last_ping, gaps = watchdog_usec / 1e6, mark, []
+    stretched = False
+    for t, f in events:
+        if "WATCHDOG" in f:
+            gaps.append((t - last_ping, limit))
+            last_ping = t
+        if "WATCHDOG_USEC" in f:
+            limit = int(f["WATCHDOG_USEC"]) / 1e6
+            stretched |= limit > watchdog_usec / 1e6
+    assert stretched, events[:20]
+    assert all(gap < lim for gap, lim in gaps), [g for g in gaps if g[0] >= g[1]]
+    assert any(gap > watchdog_usec / 1e6 for gap, _ in gaps), "the build never paused pings"
+
+
+class _PortThief:
+    """A local process's worth of trying to take a port: bind() in a loop until stopped."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.stole = False
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", self.port))
+                s.listen()
+                self.stole = True
+                self._stop.wait()
+            except OSError:
+                pass
+            finally:
+                s.close()
+
+    def stop(self) -> bool:
+        self._stop.set()
+        self._t.join(2)
+        return self.stole
+
+
+def test_curve_changes_never_release_the_port(tmp_path: Path, speed: Speed) -> None:
+    """Applying CURVE changes by unbinding and binding again handed the port, for a moment,
+    to any local process spinning on bind() (10 runs in 11): subscribers then reconnected to
+    it, and edged said the publish settings stayed. Now a revocation ends the connections on
+    the bound socket, and turning CURVE on (or a new server key) is refused until a restart."""
+    certs, allowed = tmp_path / "certs", tmp_path / "allowed"
+    certs.mkdir()
+    allowed.mkdir()
+    keys = {n: zmq.auth.create_certificates(str(certs), n) for n in ("server", "a", "b")}
+    for n in ("a", "b"):
+        shutil.copy(keys[n][0], allowed)
+    port = free_port()
+    plain = _base(port)
+    curved = _base(port, publish={"curve": {"server_secret_key": keys["server"][1],
+                                            "authorized_keys_dir": str(allowed)}})
+    cfg = _write(tmp_path / "c.yaml", plain)
+    with Daemon(tmp_path, cfg) as d, Listener(f"tcp://127.0.0.1:{port}") as sub:
+        sub.wait_count(is_det, 3, speed.start_deadline(n_frames=3), "det messages")
+        thief = _PortThief(port)
+        _write(cfg, curved)
+        reload = _hup_and_wait(d, sub, speed)
+        assert reload["state"] == "partial" and "takes a restart" in reload["message"], reload
+        mark = len(sub.messages)
+        sub.wait_count(is_det, 5, speed.deadline(n_frames=5), "det messages after", mark)
+        assert not thief.stop(), "a local process took edged's port during the reload"
+        code, _ = d.stop()
+    assert code == 0, d.stderr[-2000:]
+    # and a revocation, with a thief spinning the whole time
+    cfg = _write(tmp_path / "c2.yaml", curved)
+    with Daemon(tmp_path, cfg) as d:
+        d.wait_stderr("-> running", speed.start_deadline())
+        thief = _PortThief(port)
+        (allowed / Path(keys["a"][0]).name).unlink()
+        d.signal(signal.SIGHUP)
+        d.wait_stderr("1 revoked", speed.deadline(base_s=8.0))
+        time.sleep(0.5)
+        assert not thief.stop(), "a local process took edged's port during the revocation"
+        code, _ = d.stop()
+    assert code == 0, d.stderr[-2000:]
+
+
+def test_unreadable_key_files_are_refused_and_later_reloads_work(tmp_path: Path,
+                                                                 speed: Speed) -> None:
+    """A FIFO dropped into authorized_keys_dir wedged the reload at "reading" for ever (pyzmq
+    opens every *.key file there): every later SIGHUP was ignored, so a revocation never took
+    effect. Now it is refused in one line (partial) and the next reload works."""
+    certs, allowed = tmp_path / "certs", tmp_path / "allowed"
+    certs.mkdir()
+    allowed.mkdir()
+    keys = {n: zmq.auth.create_certificates(str(certs), n) for n in ("server", "a", "b")}
+    for n in ("a", "b"):
+        shutil.copy(keys[n][0], allowed)
+    port = free_port()
+    conf = _base(port, publish={"curve": {"server_secret_key": keys["server"][1],
+                                          "authorized_keys_dir": str(allowed)}})
+    cfg = _write(tmp_path / "c.yaml", conf)
+    with Daemon(tmp_path, cfg) as d:
+        d.wait_stderr("-> running", speed.start_deadline())
+        os.mkfifo(allowed / "evil.key")
+        d.signal(signal.SIGHUP)
+        d.wait_stderr("evil.key is not a key file", speed.deadline(base_s=8.0))
+        (allowed / "evil.key").unlink()
+        (allowed / Path(keys["a"][0]).name).unlink()
+        d.signal(signal.SIGHUP)
+        d.wait_stderr("1 revoked", speed.deadline(base_s=8.0))
+        code, _ = d.stop()
+    assert code == 0, d.stderr[-2000:]
+
+
+def test_a_working_accelerator_is_not_traded_for_a_fallback(tmp_path: Path, speed: Speed,
+                                                           recording_delegate: Path) -> None:
+    """A reload onto a delegate that fails its probe replaced the working accelerator with
+    the CPU fallback and said "applied". Now the running engine stays and the reload is
+    "partial" with the reason. And SIGTERM during a reload leaves the last status saying so
+    ("abandoned"), not "in_progress"."""
+    port = free_port()
+    works = {**_base(port), "inference": {"delegate": str(recording_delegate)}}
+    cfg = _write(tmp_path / "c.yaml", works)
+    with Daemon(tmp_path, cfg) as d, Listener(f"tcp://127.0.0.1:{port}") as sub:
+        sub.wait_until(lambda m: is_det(m) and m[1]["backend"] == "external",
+                       speed.start_deadline(), "det messages from the external delegate")
+        _write(cfg, {**works, "inference": {"delegate": str(recording_delegate),
+                                            "delegate_options": {"fail": "prepare"}}})
+        reload = _hup_and_wait(d, sub, speed)
+        assert reload["state"] == "partial", reload
+        assert "the new backend is unavailable" in reload["message"], reload
+        mark = len(sub.messages)
+        got = sub.wait_count(is_det, 5, speed.deadline(n_frames=5), "det messages", mark)
+        assert {m["backend"] for m in got} == {"external"}
+        # SIGTERM while a reload hangs in its probe
+        _write(cfg, {**works, "inference": {"delegate": str(recording_delegate),
+                                            "delegate_options": {"fail": "hang"}}})
+        d.signal(signal.SIGHUP)
+        sub.wait_until(lambda m: m[0].startswith("status/") and m[1]["reload"] is not None
+                       and m[1]["reload"]["phase"] == "loading_model",
+                       speed.deadline(base_s=8.0), "the reload loading the model")
+        code, took = d.stop()
+        sub.drain()
+    assert code == 0 and took < STOP_BOUND_S, (code, took)
+    last = [m for t, m, _ in sub.messages if t.startswith("status/")][-1]
+    assert last["state"] == "stopping" and last["reload"]["state"] == "abandoned", last

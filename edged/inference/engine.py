@@ -9,12 +9,14 @@ the reason stays in ``Engine.fallback_reason`` (and so in every status message).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,9 +162,12 @@ def _warm_up(det: Detector) -> float:
     return (time.perf_counter() - t0) * 1000.0
 
 
+InProcess = Callable[[float], AbstractContextManager[None]]
+
+
 def _try_accelerator(att: _Attempt, spec: sidecar.ModelSpec, runtime: Runtime,
-                     cfg: EngineConfig, cancel: threading.Event | None
-                     ) -> tuple[Detector | None, str | None, float]:
+                     cfg: EngineConfig, cancel: threading.Event | None,
+                     in_process: InProcess | None) -> tuple[Detector | None, str | None, float]:
     model = spec.variant_path(att.variant)
     if model is None:
         return None, (f"the model has no '{att.variant}' variant "
@@ -173,11 +178,25 @@ def _try_accelerator(att: _Attempt, spec: sidecar.ModelSpec, runtime: Runtime,
     if os.path.isabs(att.library) and not os.path.exists(att.library):
         # checked first: load_delegate on a missing file also spews a __del__ traceback
         return None, f"delegate library {att.library} not found", 0.0
+    probe_s = 0.0
     if cfg.probe:
+        t0 = time.monotonic()
         why = probe_in_child(runtime.name, att.library, att.options, model, cfg.num_threads,
                              cfg.probe_timeout_s, cancel)
         if why is not None:
             return None, why, 0.0
+        probe_s = time.monotonic() - t0
+    # The delegate builds its graph (and an NPU compiles it at the first invoke) while the
+    # runtime holds Python's lock: nothing else in this process runs meanwhile. The caller
+    # may prepare for that (stretch the watchdog, let SIGTERM end the process at once).
+    with (in_process or (lambda _s: contextlib.nullcontext()))(probe_s):
+        return _build_with_delegate(att, spec, runtime, cfg, model)
+
+
+def _build_with_delegate(att: _Attempt, spec: sidecar.ModelSpec, runtime: Runtime,
+                         cfg: EngineConfig, model: Path
+                         ) -> tuple[Detector | None, str | None, float]:
+    assert att.library is not None
     try:
         delegate = runtime.load_delegate(att.library, att.options)
     except (OSError, ValueError, AttributeError, RuntimeError) as e:
@@ -197,7 +216,8 @@ def _try_accelerator(att: _Attempt, spec: sidecar.ModelSpec, runtime: Runtime,
 
 
 def open_engine(sidecar_path: Path, cfg: EngineConfig,
-                cancel: threading.Event | None = None) -> Engine:
+                cancel: threading.Event | None = None,
+                in_process: InProcess | None = None) -> Engine:
     """Load the model on the configured backend (with CPU fallback) and warm it up. ``cancel``
     set during the delegate probe kills the probe and raises ``ProbeCancelled``."""
     spec = sidecar.load(sidecar_path)
@@ -207,7 +227,7 @@ def open_engine(sidecar_path: Path, cfg: EngineConfig,
     reason: str | None = None
     if att is not None:
         logger.info("trying %s backend on %s with %s", att.backend, soc.describe(), runtime.name)
-        det, reason, ms = _try_accelerator(att, spec, runtime, cfg, cancel)
+        det, reason, ms = _try_accelerator(att, spec, runtime, cfg, cancel, in_process)
         if det is not None:
             return Engine(det, att.backend, runtime.name, soc, None, ms)
         if cfg.require_accelerator:

@@ -8,6 +8,7 @@
  *           fail=prepare      return an error from Prepare (the interpreter refuses it)
  *           fail=crash        SIGSEGV in Prepare (a broken vendor driver)
  *           fail=hang         block forever in Prepare (a wedged NPU)
+ *           sleep_ms=N        take N ms in Prepare, then work (an NPU compiling its graph)
  *           any other key     recorded only
  *
  * Build: gcc -shared -fPIC -O2 -o librecording_delegate.so recording_delegate.c
@@ -19,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 typedef enum { kTfLiteOk = 0, kTfLiteError = 1 } TfLiteStatus;
 typedef struct TfLiteContext TfLiteContext;
@@ -42,6 +44,7 @@ typedef struct {
   int fail_prepare;
   int crash;
   int hang;
+  long sleep_ms;
 } State;
 
 static void record_line(const State *s, const char *line) {
@@ -58,6 +61,11 @@ static TfLiteStatus prepare(TfLiteContext *context, TfLiteDelegate *delegate) {
   record_line(s, "prepare");
   if (s->crash) raise(SIGSEGV);
   while (s->hang) pause();
+  if (s->sleep_ms > 0) {
+    struct timespec ts = {s->sleep_ms / 1000, (s->sleep_ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0) {
+    }
+  }
   return s->fail_prepare ? kTfLiteError : kTfLiteOk; /* claims no nodes */
 }
 
@@ -69,6 +77,7 @@ TfLiteDelegate *tflite_plugin_create_delegate(char **keys, char **values, size_t
   for (size_t i = 0; i < n; i++) {
     if (strcmp(keys[i], "record_file") == 0)
       snprintf(s->record_file, sizeof s->record_file, "%s", values[i]);
+    if (strcmp(keys[i], "sleep_ms") == 0) s->sleep_ms = strtol(values[i], NULL, 10);
     if (strcmp(keys[i], "fail") == 0) {
       fail_create = strcmp(values[i], "create") == 0;
       s->fail_prepare = strcmp(values[i], "prepare") == 0;
