@@ -31,7 +31,13 @@ class Notifier:
         # must never stall on its supervisor. A datagram that does not fit is dropped.
         self._sock: socket.socket | None = None
         if self._addr:
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            try:
+                self._sock = socket.socket(socket.AF_UNIX,
+                                           socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            except OSError as e:  # a system call filter without sockets: say it, go on
+                logger.warning("cannot notify systemd (%s): no READY=1, STATUS or watchdog "
+                               "pings", e.strerror or e)
+                self._addr = None
         self.watchdog_period_s: float | None = None
         usec = env.get("WATCHDOG_USEC", "")
         pid = env.get("WATCHDOG_PID", "")

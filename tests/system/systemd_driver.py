@@ -79,10 +79,17 @@ def wait_until(pred: Callable[[], bool], timeout: float, interval: float = 0.25)
 
 
 def journal(since_us: int = 0) -> list[dict[str, Any]]:
-    p = run(["journalctl", "-b", "-u", "edged", "-o", "json", "--no-pager",
-             f"--since=@{since_us / 1e6:.6f}" if since_us else "--since=@0"], 60)
+    # Not run(): its output is cut to the last 20 000 characters, and a watchdog kill's
+    # faulthandler dump alone is more than that in JSON.
+    cmd = ["journalctl", "-b", "-u", "edged", "-o", "json", "--no-pager",
+           f"--since=@{since_us / 1e6:.6f}" if since_us else "--since=@0"]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
+                             check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        out = ""
     entries = []
-    for line in p["out"].splitlines():
+    for line in out.splitlines():
         try:
             entries.append(json.loads(line))
         except ValueError:
@@ -263,7 +270,9 @@ def operator() -> None:
     events = [str(e.get("MESSAGE")) for e in journal(mark)
               if e.get("SYSLOG_IDENTIFIER") == "systemd"]
     step("watchdog", kill=kill, before=st, after=dict(st2), restarted=ok,
-         systemd_said=events[-20:],
+         systemd_said=events[:60],  # from the SIGSTOP on: the timeout comes first
+         edged_said=[str(e.get("MESSAGE")) for e in journal(mark - 30_000_000)
+                     if e.get("SYSLOG_IDENTIFIER") != "systemd"][:60],
          subscribe=subscribe(PARAMS["messages"], t["start"] + t["messages"]) if ok else None)
 
     # 5. stop
