@@ -55,8 +55,7 @@ def _libc_flush() -> None:
 class _Captured:
     """The native lines that arrive during a section, kept for its caller (bounded)."""
 
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
+    def __init__(self) -> None:
         self.lines: list[str] = []
         self.size = 0
 
@@ -74,7 +73,7 @@ class NativeOutputForwarder:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._sections: list[_Captured] = []  # one per open section (quiet or not)
+        self._sections: list[_Captured] = []  # one per open section
         self._syncs: dict[bytes, threading.Event] = {}
         self._tokens = itertools.count()
         self._saved: tuple[int, int] | None = None
@@ -177,10 +176,10 @@ class NativeOutputForwarder:
 
     # --- sections -------------------------------------------------------------------------
     @contextlib.contextmanager
-    def section(self, quiet: bool) -> Iterator[Callable[[], list[str]]]:
+    def section(self) -> Iterator[Callable[[], list[str]]]:
         """Collect the native lines that arrive meanwhile (from any thread). The callable
         first waits for what this thread wrote so far."""
-        captured = _Captured(quiet)
+        captured = _Captured()
         with self._lock:
             self._sections.append(captured)
 
@@ -259,7 +258,7 @@ def quiet_native_output() -> Iterator[Callable[[], str]]:
     """
     forwarder = _active
     if forwarder is not None:
-        with forwarder.section(quiet=True) as lines, warnings.catch_warnings():
+        with forwarder.section() as lines, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield lambda: "\n".join(lines())
         return
@@ -297,5 +296,5 @@ def native_lines() -> Iterator[Callable[[], list[str]]]:
     if forwarder is None:
         yield list
         return
-    with forwarder.section(quiet=False) as lines:
+    with forwarder.section() as lines:
         yield lines
