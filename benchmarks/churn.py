@@ -13,7 +13,7 @@ after a warm-up its idle RSS (VmRSS, median of a few samples); then a CPU hog (s
 installed, else one busy process per core) and ``--peers`` threads in another process, each
 opening raw TCP connections to the PUB port in a loop, speaking ZMTP 3.0 by hand (so that no
 ZeroMQ library on our side limits what is sent), misbehaving in one of the ``PEER_KINDS`` ways and
-closing abruptly (RST). A real ZeroMQ SUB (edged.client.Subscriber) counts det messages per 5 s
+closing abruptly (RST). A real ZeroMQ SUB (edged.api.client.Subscriber) counts det messages per 5 s
 window meanwhile. Then the RSS after the churn (settled) and the exit code at SIGTERM.
 Figures printed, nothing asserted (tests/test_churn.py checks what holds on any machine).
 Printed besides: the mappings whose RSS grew (glibc's per-thread arenas show as 64/128 MB
@@ -404,7 +404,7 @@ def rss_median(pid: int, samples: int, interval_s: float) -> float:
 
 
 class DetCounter:
-    """A real ZeroMQ SUB (edged.client.Subscriber) in its own thread, recording the monotonic
+    """A real ZeroMQ SUB (edged.api.client.Subscriber) in its own thread, recording the monotonic
     receive time of every det message."""
 
     def __init__(self, endpoint: str) -> None:
@@ -416,7 +416,7 @@ class DetCounter:
         self._thread.start()
 
     def _run(self) -> None:
-        from edged.client import DetMessage, Subscriber
+        from edged.api.client import DetMessage, Subscriber
 
         with Subscriber([self._endpoint], topics=["det/"]) as sub:
             while not self._stop.is_set():

@@ -40,12 +40,12 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from pipeline import Run, bare_invoke  # noqa: E402
 
 from edged import sidecar  # noqa: E402
-from edged.bench import naive_postprocess  # noqa: E402
+from edged.core.preprocess import letterbox_geometry  # noqa: E402
+from edged.engine.detector import Detector, DetectParams  # noqa: E402
 from edged.export.assets import fetch  # noqa: E402
-from edged.inference.detector import Detector, DetectParams  # noqa: E402
 from edged.media import SAMPLE_CLIP  # noqa: E402
 from edged.models import DEFAULT_MODEL  # noqa: E402
-from edged.preprocess import letterbox_geometry  # noqa: E402
+from edged.tools.bench import naive_postprocess  # noqa: E402
 
 
 def _rss_mb() -> float:

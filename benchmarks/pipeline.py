@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from edged import sidecar  # noqa: E402
-from edged.inference.detector import Detector  # noqa: E402
+from edged.engine.detector import Detector  # noqa: E402
 from edged.media import SAMPLE_CLIP  # noqa: E402
 from edged.models import DEFAULT_MODEL  # noqa: E402
 

@@ -14,19 +14,19 @@ from typing import TYPE_CHECKING
 from edged import __version__
 from edged.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EdgedError, UsageError
 from edged.limits import MAX_DETECTIONS, THREADS  # the same bounds as the config file's
-from edged.log import setup_cli_logging
+from edged.service.log import setup_cli_logging
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from edged.inference.detector import DetectParams
-    from edged.inference.engine import Engine
+    from edged.engine.detector import DetectParams
+    from edged.engine.engine import Engine
 
 logger = logging.getLogger("edged")
 
 
 # Every command refuses images above this many pixels before decoding them (OpenCV's own bound
-# is 2**30: a 20000x20000 PNG took 2.4 GB); videos are held to the same (edged.export.calib).
+# is 2**30: a 20000x20000 PNG took 2.4 GB); videos are held to the same (edged.tools.images).
 MAX_IMAGE_PIXELS = 1 << 27
 # The bounds of the command-line numbers, the same as the config's where it has the setting.
 RUNS = (1, 100_000)
@@ -145,7 +145,7 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
 
 
 def _open_engine(args: argparse.Namespace) -> Engine:
-    from edged.inference.engine import EngineConfig, open_engine
+    from edged.engine.engine import EngineConfig, open_engine
     from edged.models import DEFAULT_MODEL
 
     options = {}
@@ -166,7 +166,7 @@ def _open_engine(args: argparse.Namespace) -> Engine:
 
 
 def _detect_params(args: argparse.Namespace) -> DetectParams:
-    from edged.inference.detector import DetectParams
+    from edged.engine.detector import DetectParams
 
     return DetectParams(conf_threshold=args.conf, iou_threshold=args.iou,
                         max_detections=args.max_detections)
@@ -195,8 +195,8 @@ def _add_detect(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
-    from edged.detect_files import FrameResult, run_detect
-    from edged.messages import detection_dicts
+    from edged.api.messages import detection_dicts
+    from edged.tools.detect_files import FrameResult, run_detect
 
     params = _detect_params(args)
     engine = _open_engine(args)
@@ -238,8 +238,8 @@ def _add_bench(sub: argparse._SubParsersAction[_Parser]) -> None:
 def _bench_frame(path: Path | None) -> np.ndarray:
     import cv2
 
-    from edged.export.calib import read_image
     from edged.media import SAMPLE_CLIP
+    from edged.tools.images import read_image
 
     if path is not None:
         img = read_image(path) if path.is_file() else "no such file"
@@ -256,7 +256,7 @@ def _bench_frame(path: Path | None) -> np.ndarray:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from edged.bench import run_bench
+    from edged.tools.bench import run_bench
 
     params = _detect_params(args)
     frame = _bench_frame(args.image)
@@ -292,7 +292,7 @@ def _add_eval(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from edged.evaluate import evaluate
+    from edged.tools.evaluate import evaluate
 
     engine = _open_engine(args)
     r = evaluate(engine.detector, args.images, args.annotations)
@@ -322,8 +322,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import faulthandler
 
     from edged._native import NativeOutputForwarder
-    from edged.log import under_journal
-    from edged.signals import PendingSignals
+    from edged.service.log import under_journal
+    from edged.service.signals import PendingSignals
 
     pending = PendingSignals.install()  # before the heavy imports below
     from edged.config import default_config, load_config
@@ -337,7 +337,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         native.start(journal=under_journal(), level=level)
         # A crash in native code (a delegate's SIGSEGV) leaves the Python stacks in the log.
         faulthandler.enable(sys.stderr)
-        from edged.service import Service
+        from edged.service.daemon import Service
 
         return Service(cfg, args.config, pending=pending).run()
 
@@ -375,7 +375,7 @@ def _add_sub(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _cmd_sub(args: argparse.Namespace) -> int:
-    from edged.client import DetMessage, Subscriber
+    from edged.api.client import DetMessage, Subscriber
     from edged.config import check_endpoint
 
     for ep in args.endpoints:

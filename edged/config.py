@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from edged import sidecar
+from edged.engine.engine import BUILTIN_DELEGATES
 from edged.errors import ConfigError, ModelError
-from edged.inference.engine import BUILTIN_DELEGATES
 from edged.limits import MAX_DETECTIONS, THREADS
 from edged.media import SAMPLE_CLIP
 from edged.models import DEFAULT_MODEL
@@ -203,7 +203,7 @@ def _camera(v: _V) -> CameraConfig:
     if not _NAME_RE.fullmatch(name):
         raise v.fail("name", f"use 1-64 letters, digits, '_', '-' or '.', got {show(name)}")
     source = _check_source(v)
-    from edged.capture import classify_source  # local: keeps this module's imports light
+    from edged.pipeline.capture import classify_source  # local: keeps this module's imports light
 
     kind = classify_source(source)
     if kind == "file" and not Path(source).is_file():

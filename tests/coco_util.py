@@ -8,7 +8,7 @@ import io
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from edged.types import Detections
+from edged.core.types import Detections
 
 
 def coco_map50(gts: list[Detections], preds: list[Detections]) -> float:

@@ -76,7 +76,7 @@ def recording_delegate(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def fake_board(root: Path, soc_id: str | None, compatible: list[str] | None = None) -> Path:
-    """A fake sysfs/device-tree root that looks like an i.MX board to edged.platform."""
+    """A fake sysfs/device-tree root that looks like an i.MX board to edged.engine.platform."""
     if soc_id is not None:
         (root / "sys/devices/soc0").mkdir(parents=True, exist_ok=True)
         (root / "sys/devices/soc0/soc_id").write_text(soc_id + "\n")

@@ -7,9 +7,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edged.core.preprocess import letterbox
+from edged.engine.runtime import load_runtime, make_interpreter
 from edged.export.darknet import DarknetNet
-from edged.inference.runtime import load_runtime, make_interpreter
-from edged.preprocess import letterbox
 
 
 def write_random_weights(path: Path, net: DarknetNet, seed: int = 0) -> None:

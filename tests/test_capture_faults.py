@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edged.capture import SourceSpec
+from edged.pipeline.capture import SourceSpec
 from tests.conftest import REPO
 from tests.daemon_util import (
     Daemon,
@@ -76,7 +76,9 @@ def _reason(m: tuple[str, dict[str, Any], int]) -> str:
 
 # --- 1. why a source cannot be opened ----------------------------------------------------------
 def test_why_a_source_cannot_be_opened(tmp_path: Path) -> None:
-    from edged.capture import why_cannot_open  # new: imported here so the module collects on
+    from edged.pipeline.capture import (
+        why_cannot_open,  # new: imported here so the module collects on
+    )
     # the old code too, where the other tests fail on behaviour, not on an import
     text = tmp_path / "notes.mp4"
     text.write_text("not a video\n")
@@ -156,10 +158,10 @@ def test_status_reason_follows_reconnect_failures(tmp_path: Path,
 # --- 2. native output under `edged run` -------------------------------------------------------
 def _journal_takes_our_records() -> bool:
     """journald running here and systemd-python installed: edged's own records go to the
-    journal socket (edged.log), only native lines to the stream."""
+    journal socket (edged.service.log), only native lines to the stream."""
     import importlib.util
 
-    from edged.log import JOURNAL_SOCKET
+    from edged.service.log import JOURNAL_SOCKET
 
     return JOURNAL_SOCKET.exists() and importlib.util.find_spec("systemd") is not None
 

@@ -12,10 +12,10 @@ import pytest
 import yaml
 
 from edged import sidecar
+from edged.engine.detector import Detector, DetectParams
 from edged.errors import EXIT_NO_ACCELERATOR, EXIT_USAGE
 from edged.export.assets import Assets
 from edged.export.darknet import parse_cfg, read_weights
-from edged.inference.detector import Detector, DetectParams
 from edged.media import SAMPLE_CLIP
 from edged.models import DEFAULT_MODEL
 from tests.conftest import DATA, fake_board, one_line_error, run_edged

@@ -1,4 +1,4 @@
-"""edged.client and `edged sub`: typed messages, CURVE, and malformed input from a real PUB."""
+"""edged.api.client and `edged sub`: typed messages, CURVE, and malformed input from a real PUB."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import zmq
 import zmq.auth
 
-from edged.client import DetMessage, StatusMessage, Subscriber
+from edged.api.client import DetMessage, StatusMessage, Subscriber
 from edged.media import SAMPLE_CLIP
 from tests.conftest import run_edged
 from tests.daemon_util import Daemon, free_port, write_config

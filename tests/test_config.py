@@ -159,7 +159,7 @@ def test_stale_ipc_file_is_reclaimed(tmp_path: Path) -> None:
     s.close()  # the file stays, nobody listens: what a crashed edged leaves behind
     cfg = parse_config(_with("publish.endpoints", [f"ipc://{path}"]), "test")
     assert isinstance(cfg, Config)
-    from edged.publish import Publisher
+    from edged.pipeline.publish import Publisher
 
     pub = Publisher(cfg.publish, "cam", dict)
     pub.bind()

@@ -14,8 +14,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from edged.api.schema import load_schema
 from edged.media import SAMPLE_CLIP, SAMPLE_LABELS
-from edged.schema import load_schema
 from tests.daemon_util import (
     Daemon,
     Listener,

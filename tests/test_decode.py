@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edged.decode import decode_anchor_free, decode_region, decode_yolo
+from edged.core.decode import decode_anchor_free, decode_region, decode_yolo
 from edged.export.assets import Assets
 from tests.conftest import DATA
 from tests.darknet_util import input_batch, random_float_export, tflite_outputs

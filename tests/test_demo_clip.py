@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 
 from edged import sidecar
+from edged.engine.detector import Detector, DetectParams
 from edged.export.assets import Assets
-from edged.inference.detector import Detector, DetectParams
 from edged.media import SAMPLE_CLIP, SAMPLE_LABELS
 from edged.models import DEFAULT_MODEL
 from tests.test_engine import _opencv_pipeline

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from edged import sidecar
+from edged.core.preprocess import letterbox_geometry
+from edged.core.types import Detections
+from edged.engine.detector import Detector, DetectParams
+from edged.engine.engine import AcceleratorUnavailable, EngineConfig, open_engine
+from edged.engine.platform import IMX8MP, IMX93, UNKNOWN, detect_soc
 from edged.export.assets import Assets
-from edged.inference.detector import Detector, DetectParams
-from edged.inference.engine import AcceleratorUnavailable, EngineConfig, open_engine
 from edged.models import DEFAULT_MODEL
-from edged.platform import IMX8MP, IMX93, UNKNOWN, detect_soc
-from edged.preprocess import letterbox_geometry
-from edged.types import Detections
 from tests.coco_util import coco_map50
 from tests.conftest import fake_board
 from tests.darknet_util import input_batch

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from edged import sidecar
+from edged.core.metrics import average_precision
+from edged.engine.detector import Detector, DetectParams
+from edged.engine.runtime import load_runtime, make_interpreter
 from edged.export.assets import Assets
 from edged.export.darknet import parse_cfg
 from edged.export.pipeline import ExportRequest, export_darknet
-from edged.inference.detector import Detector, DetectParams
-from edged.inference.runtime import load_runtime, make_interpreter
-from edged.metrics import average_precision
 from tests.coco_util import coco_map50
 from tests.conftest import DATA
 from tests.darknet_util import (
@@ -94,7 +94,7 @@ def test_int8_detections_agree_with_float(assets: Assets, v3_export: tuple[Path,
     assert sum(len(g) for g in gts) >= 20  # enough float detections to mean something
     coco = coco_map50(gts, preds)
     ours, _ = average_precision(gts, preds)
-    print(f"int8 vs float mAP@0.5: pycocotools {coco:.4f}, edged.metrics {ours:.4f}")
+    print(f"int8 vs float mAP@0.5: pycocotools {coco:.4f}, edged.core.metrics {ours:.4f}")
     assert coco >= 0.95
     assert abs(coco - ours) < 0.01  # our report's metric agrees with pycocotools
     assert "mAP@0.5 = " in stdout  # and the CLI printed its report

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import zmq
 
+from edged.api.client import DetMessage, Subscriber
 from edged.cli import EXIT_USAGE
-from edged.client import DetMessage, Subscriber
 from tests.conftest import REPO, one_line_error, run_edged
 from tests.test_client import GOOD
 from tests.timing import Speed

@@ -21,7 +21,7 @@ import zmq
 from edged.cli import EXIT_USAGE
 from edged.config import PublishConfig
 from edged.models import DEFAULT_MODEL
-from edged.publish import Publisher
+from edged.pipeline.publish import Publisher
 from tests.conftest import one_line_error, run_edged
 from tests.daemon_util import Daemon, Listener, free_port, write_config
 from tests.timing import Speed

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edged.nms import iou_matrix, nms, select
-from edged.preprocess import letterbox, letterbox_geometry
+from edged.core.nms import iou_matrix, nms, select
+from edged.core.preprocess import letterbox, letterbox_geometry
 
 B = np.array
 

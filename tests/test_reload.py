@@ -323,7 +323,7 @@ def _probe_pids(models: Path) -> list[int]:
             cmd = (p / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"edged.inference.probe" in cmd and any(str(models).encode() in c for c in cmd):
+        if b"edged.engine.probe" in cmd and any(str(models).encode() in c for c in cmd):
             out.append(int(p.name))
     return out
 

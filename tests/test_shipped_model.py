@@ -7,9 +7,9 @@ from pathlib import Path
 import cv2
 
 from edged import sidecar
+from edged.core.metrics import average_precision
+from edged.engine.detector import Detector, DetectParams
 from edged.export.assets import Assets
-from edged.inference.detector import Detector, DetectParams
-from edged.metrics import average_precision
 from edged.models import DEFAULT_MODEL
 
 

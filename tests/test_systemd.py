@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edged.log import JOURNAL_SOCKET
 from edged.media import SAMPLE_CLIP
+from edged.service.log import JOURNAL_SOCKET
 from tests.conftest import REPO
 from tests.daemon_util import Daemon, FakeSystemd, free_port, write_config
 
@@ -240,7 +240,7 @@ def test_install_script_rejects_bad_options(tmp_path: Path) -> None:
 def test_journal_handler_carries_structured_fields() -> None:
     pytest.importorskip("systemd.journal", reason="needs systemd-python (pip install "
                                                   "'edged[systemd]')")
-    from edged.log import CONTEXT, journal_handler
+    from edged.service.log import CONTEXT, journal_handler
 
     sent: list[tuple[str, dict[str, object]]] = []
 

@@ -48,10 +48,10 @@ READY_LINE = "timing: ready"
 _PROBE = r"""
 import json, sys, time
 import cv2
-import edged.service  # everything `edged run` imports
+import edged.service.daemon  # everything `edged run` imports
 from edged.config import default_config
-from edged.inference.engine import EngineConfig, open_engine
-from edged.inference.detector import DetectParams
+from edged.engine.engine import EngineConfig, open_engine
+from edged.engine.detector import DetectParams
 from edged.media import SAMPLE_CLIP
 from edged.models import DEFAULT_MODEL
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 
 from edged import sidecar
+from edged.core.preprocess import letterbox
+from edged.engine.detector import Detector
 from edged.errors import CalibrationError, DarknetError, UsageError
-from edged.export import calib
 from edged.export.darknet import DarknetNet, Region, Yolo, parse_cfg, read_weights
 from edged.export.report import QuantReport, int8_agreement
 from edged.export.vela import VelaResult, compile_for_ethosu
-from edged.inference.detector import Detector
-from edged.preprocess import letterbox
+from edged.tools import images as calib
 from edged.yamlfile import read_text, show
 
 logger = logging.getLogger(__name__)

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from edged.export.calib import Sample
-from edged.inference.detector import Detector, DetectParams
-from edged.metrics import average_precision
+from edged.core.metrics import average_precision
+from edged.engine.detector import Detector, DetectParams
+from edged.tools.images import Sample
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import pytest
 import yaml
 import zmq
 
-from edged.inference.engine import EngineConfig, open_engine
+from edged.engine.engine import EngineConfig, open_engine
 from edged.media import SAMPLE_CLIP
 from edged.models import DEFAULT_MODEL
 from tests.conftest import REPO, one_line_error, run_edged
@@ -247,7 +247,7 @@ STOP_BOUND_S = 2.0  # issue requirement: SIGTERM -> exit 0 within 2 s (signal to
 
 def _children(pid: int) -> list[int]:
     """The daemon's delegate probe processes (not its native-output logger)."""
-    out = subprocess.run(["pgrep", "-P", str(pid), "-f", "edged.inference.probe"],
+    out = subprocess.run(["pgrep", "-P", str(pid), "-f", "edged.engine.probe"],
                          capture_output=True, text=True, check=False).stdout
     return [int(p) for p in out.split()]
 

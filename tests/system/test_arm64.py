@@ -32,8 +32,8 @@ import pytest
 import yaml
 import zmq
 
+from edged.core.types import Detections
 from edged.export.assets import Assets
-from edged.types import Detections
 from tests.coco_util import coco_map50
 from tests.conftest import run_edged
 from tests.system import rootfs

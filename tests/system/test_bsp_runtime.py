@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 import yaml
 
+from edged.core.types import Detections
 from edged.export.assets import Assets
-from edged.types import Detections
 from tests.coco_util import coco_map50
 from tests.conftest import REPO
 from tests.daemon_util import Listener
@@ -120,7 +120,7 @@ def test_bsp_venv_is_what_the_bsp_ships(bsp_python: Path) -> None:
     probe = subprocess.run([str(bsp_python), "-c", """
 import importlib.util, json
 import cv2, numpy
-from edged.inference.runtime import load_runtime
+from edged.engine.runtime import load_runtime
 print(json.dumps({"numpy": numpy.__version__, "cv2": cv2.__version__,
                   "runtime": load_runtime().name,
                   "litert": importlib.util.find_spec("ai_edge_litert") is not None,

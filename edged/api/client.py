@@ -1,6 +1,6 @@
 """Python subscribers: a typed iterator over edged's messages.
 
-    from edged.client import Subscriber
+    from edged.api.client import Subscriber
     with Subscriber(["tcp://127.0.0.1:5556"], topics=["det/"]) as sub:
         for msg in sub:                      # DetMessage | StatusMessage
             for d in msg.detections:

@@ -18,10 +18,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edged.core.types import Detections
+from edged.engine.detector import Detector, DetectParams
 from edged.errors import EdgedError, UsageError
-from edged.export import calib
-from edged.inference.detector import Detector, DetectParams
-from edged.types import Detections
+from edged.tools import images as calib
 
 logger = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from edged.engine.detector import Detector, DetectParams
 from edged.errors import UsageError
-from edged.export.calib import read_image
-from edged.inference.detector import Detector, DetectParams
+from edged.tools.images import read_image
 from edged.yamlfile import read_text, show
 
 logger = logging.getLogger(__name__)

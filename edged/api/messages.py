@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from edged.types import Detections
+from edged.core.types import Detections
 
 
 def detection_dicts(dets: Detections, labels: Sequence[str], width: int,

@@ -1,7 +1,7 @@
 """Try a delegate in a child process first: a vendor delegate that segfaults or hangs during
 graph preparation or its first invoke must cost a fallback, not the daemon.
 
-    python -m edged.inference.probe RUNTIME LIBRARY OPTIONS_JSON MODEL THREADS PARENT_PID
+    python -m edged.engine.probe RUNTIME LIBRARY OPTIONS_JSON MODEL THREADS PARENT_PID
 
 Exit 0: the delegate loaded, the interpreter was built and one invoke ran. Exit 1: an error
 (its message on stderr). Killed by a signal: the delegate crashed.
@@ -32,7 +32,7 @@ def probe_in_child(runtime: str, library: str, options: dict[str, str], model: P
                    cancel: threading.Event | None = None) -> str | None:
     """None if the delegate works in a child process, else why not. ``cancel`` set: the child
     is killed at once and ``ProbeCancelled`` raised (a SIGTERM during a reload's probe)."""
-    cmd = [sys.executable, "-m", "edged.inference.probe", runtime, library,
+    cmd = [sys.executable, "-m", "edged.engine.probe", runtime, library,
            json.dumps(options), str(model), str(threads), str(os.getpid())]
     # The child's output goes to a file, not a pipe: a chatty vendor library (graph compile
     # logs) must not block on a full pipe and look hung. Its last line is the reason.
@@ -76,8 +76,8 @@ def _die_with(parent: int) -> None:
 
 
 def main(argv: list[str]) -> int:
+    from edged.engine.runtime import load_runtime, make_interpreter
     from edged.errors import first_line
-    from edged.inference.runtime import load_runtime, make_interpreter
 
     runtime_name, library, options, model, threads, parent = argv
     _die_with(int(parent))

@@ -1,6 +1,6 @@
 """YOLO head decoders: raw head tensor in, candidate boxes out. Pure, vectorized numpy.
 
-Every decoder returns :class:`~edged.types.Detections` with xyxy boxes in network-input pixels,
+Every decoder returns :class:`~edged.core.types.Detections` with xyxy boxes in network-input pixels,
 one box per anchor/cell (the best class), score = objectness x class probability, filtered by
 ``conf_threshold``. Quantized tensors are thresholded on objectness in the integer domain and
 only the survivors are dequantized.
@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from edged.types import Detections
+from edged.core.types import Detections
 
 Quant = tuple[float, int]  # (scale, zero_point) of a quantized tensor
 

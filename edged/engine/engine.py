@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 
 from edged import sidecar
+from edged.engine.detector import Detector
+from edged.engine.platform import IMX8MP, IMX93, Soc, detect_soc
+from edged.engine.probe import probe_in_child
+from edged.engine.runtime import Runtime, load_runtime
 from edged.errors import EXIT_NO_ACCELERATOR, EdgedError, ModelError, UsageError, first_line
-from edged.inference.detector import Detector
-from edged.inference.probe import probe_in_child
-from edged.inference.runtime import Runtime, load_runtime
-from edged.platform import IMX8MP, IMX93, Soc, detect_soc
 
 logger = logging.getLogger(__name__)
 

@@ -12,13 +12,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from edged.capture import LatestFrameSlot
+from edged.api.messages import det_message, detection_dicts
 from edged.config import DetectionConfig
-from edged.inference.detector import DetectParams
-from edged.inference.engine import Engine
-from edged.messages import det_message, detection_dicts
-from edged.stage import StageThread
-from edged.stats import PipelineStats
+from edged.engine.detector import DetectParams
+from edged.engine.engine import Engine
+from edged.pipeline.capture import LatestFrameSlot
+from edged.pipeline.stage import StageThread
+from edged.pipeline.stats import PipelineStats
 
 logger = logging.getLogger(__name__)
 

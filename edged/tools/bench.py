@@ -17,9 +17,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edged.inference.detector import Detector, DetectParams
-from edged.preprocess import Letterbox
-from edged.types import Detections
+from edged.core.preprocess import Letterbox
+from edged.core.types import Detections
+from edged.engine.detector import Detector, DetectParams
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from edged.nms import iou_matrix
-from edged.types import Detections
+from edged.core.nms import iou_matrix
+from edged.core.types import Detections
 
 _RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 

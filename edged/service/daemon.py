@@ -20,18 +20,18 @@ from typing import Any
 import cv2
 
 from edged import sidecar
-from edged.capture import CaptureThread, LatestFrameSlot, SourceSpec, shown
+from edged.api.messages import status_message
 from edged.config import Config, default_config, load_config
+from edged.engine.engine import Engine, EngineConfig, open_engine
+from edged.engine.probe import ProbeCancelled
 from edged.errors import EXIT_OK, EXIT_RUNTIME, EdgedError
-from edged.inference.engine import Engine, EngineConfig, open_engine
-from edged.inference.probe import ProbeCancelled
-from edged.inference.worker import InferenceWorker, detect_params
-from edged.log import CONTEXT
-from edged.messages import status_message
-from edged.publish import Publisher, PublishError
-from edged.sdnotify import Notifier
-from edged.signals import PendingSignals, default_action
-from edged.stats import PipelineStats
+from edged.pipeline.capture import CaptureThread, LatestFrameSlot, SourceSpec, shown
+from edged.pipeline.publish import Publisher, PublishError
+from edged.pipeline.stats import PipelineStats
+from edged.pipeline.worker import InferenceWorker, detect_params
+from edged.service.log import CONTEXT
+from edged.service.sdnotify import Notifier
+from edged.service.signals import PendingSignals, default_action
 
 logger = logging.getLogger(__name__)
 

@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 
 from edged import sidecar
-from edged.decode import Quant, decode_anchor_free, decode_region, decode_yolo
+from edged.core.decode import Quant, decode_anchor_free, decode_region, decode_yolo
+from edged.core.nms import nms, select
+from edged.core.preprocess import Letterbox, letterbox_into
+from edged.core.types import Detections
+from edged.engine.runtime import Runtime, load_runtime, make_interpreter
 from edged.errors import ModelError
-from edged.inference.runtime import Runtime, load_runtime, make_interpreter
-from edged.nms import nms, select
-from edged.preprocess import Letterbox, letterbox_into
-from edged.types import Detections
 
 logger = logging.getLogger(__name__)
 

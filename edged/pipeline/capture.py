@@ -24,7 +24,7 @@ import numpy as np
 
 from edged._native import native_lines
 from edged.errors import ConfigError
-from edged.stage import StageThread
+from edged.pipeline.stage import StageThread
 
 logger = logging.getLogger(__name__)
 

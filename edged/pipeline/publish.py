@@ -25,10 +25,10 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
+from edged.api.messages import encode, topic
 from edged.config import CurveConfig, PublishConfig
 from edged.errors import ConfigError, EdgedError, first_line
-from edged.messages import encode, topic
-from edged.stage import StageThread
+from edged.pipeline.stage import StageThread
 
 logger = logging.getLogger(__name__)
 

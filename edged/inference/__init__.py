@@ -1,1 +1,0 @@
-"""Inference engine: TFLite runtime, model loading and the per-frame detector."""
