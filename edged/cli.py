@@ -9,12 +9,13 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edged import __version__
+from edged.config import DetectionConfig, InferenceConfig, PublishConfig
 from edged.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EdgedError, UsageError
-from edged.limits import MAX_DETECTIONS, THREADS  # the same bounds as the config file's
 from edged.service.log import setup_cli_logging
+from edged.spec import declared
 
 if TYPE_CHECKING:
     import numpy as np
@@ -50,6 +51,21 @@ def _number(kind: type[int] | type[float], lo: float, hi: float) -> Callable[[st
 
     parse.__name__ = kind.__name__  # argparse names the type in its own messages
     return parse
+
+
+def _doc(cls: type, name: str) -> str:
+    """A config key's doc as option help: no Markdown, and "null" (YAML) is "unset" here."""
+    return str(declared(cls, name).metadata["doc"]).replace("`", "").replace("null:", "unset:")
+
+
+def _declared(cls: type, name: str, doc: str | None = None) -> dict[str, Any]:
+    """``add_argument`` keywords for a number the config file declares: the same default,
+    bounds and doc."""
+    f = declared(cls, name)
+    check = f.metadata["check"]
+    return {"type": _number(int if check.integer else float, check.lo, check.hi),
+            "default": f.default, "help": f"{doc or _doc(cls, name)}; {check.lo:g}.."
+                                          f"{check.hi:g}, default {f.default:g}"}
 
 
 def _shown(text: str) -> str:
@@ -96,8 +112,8 @@ def _add_export(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--float-only", action="store_true", help="write only the float32 model")
     p.add_argument("--drop-float", action="store_true",
                    help="delete the float32 model after the int8 report (what the package ships)")
-    p.add_argument("--threads", type=_number(int, *THREADS), default=2,
-                   help=f"CPU threads for the report ({THREADS[0]}..{THREADS[1]}, default 2)")
+    p.add_argument("--threads", **_declared(InferenceConfig, "threads",
+                                            "CPU threads for the report"))
     p.set_defaults(func=_cmd_export)
 
 
@@ -129,17 +145,19 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and backend")
     g.add_argument("--model", type=Path, default=None,
                    help="model sidecar .yaml (default: the shipped COCO yolov3-tiny)")
-    g.add_argument("--delegate", default="auto",
-                   help="auto | vx | ethosu | cpu | xnnpack | /path/to/delegate.so (default auto)")
+    g.add_argument("--delegate", default=InferenceConfig.delegate,
+                   help=f"{_doc(InferenceConfig, 'delegate')}; default "
+                        f"{InferenceConfig.delegate}")
     g.add_argument("--delegate-option", action="append", default=[], metavar="KEY=VALUE",
                    help="option passed to the delegate (repeatable)")
     g.add_argument("--require-accelerator", action="store_true",
                    help="fail (exit 3) instead of falling back to the CPU")
-    g.add_argument("--threads", type=_number(int, *THREADS), default=2,
-                   help=f"CPU threads ({THREADS[0]}..{THREADS[1]}, default 2)")
-    g.add_argument("--runtime", default="auto",
-                   help="auto | ai_edge_litert | tflite_runtime | tensorflow (default auto)")
-    g.add_argument("--cache-dir", type=Path, default=None, help="NPU graph cache directory")
+    g.add_argument("--threads", **_declared(InferenceConfig, "threads"))
+    runtime = declared(InferenceConfig, "runtime")
+    g.add_argument("--runtime", default=runtime.default,
+                   help=f"{runtime.metadata['check'].describe()} (default {runtime.default})")
+    g.add_argument("--cache-dir", type=Path, default=None,
+                   help=_doc(InferenceConfig, "cache_dir"))
     g.add_argument("--sysfs-root", type=Path, default=Path("/"),
                    help=argparse.SUPPRESS)  # tests pretend to be a board with a fake tree
 
@@ -157,7 +175,7 @@ def _open_engine(args: argparse.Namespace) -> Engine:
     engine = open_engine(args.model or DEFAULT_MODEL, EngineConfig(
         delegate=args.delegate, delegate_options=options,
         require_accelerator=args.require_accelerator, runtime=args.runtime,
-        num_threads=args.threads, cache_dir=args.cache_dir, sysfs_root=args.sysfs_root))
+        threads=args.threads, cache_dir=args.cache_dir, sysfs_root=args.sysfs_root))
     logger.info("model %s on %s (%s, %d threads)%s", _printable(engine.model_name),
                 engine.backend, engine.runtime, args.threads,
                 f"; fallback: {_printable(engine.fallback_reason)}"
@@ -173,12 +191,9 @@ def _detect_params(args: argparse.Namespace) -> DetectParams:
 
 
 def _add_detect_params(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--conf", type=_number(float, 0.0, 1.0), default=0.25,
-                   help="score threshold (0..1, default 0.25)")
-    p.add_argument("--iou", type=_number(float, 0.0, 1.0), default=0.45,
-                   help="NMS IoU threshold (0..1, default 0.45)")
-    p.add_argument("--max-detections", type=_number(int, *MAX_DETECTIONS), default=100,
-                   help=f"{MAX_DETECTIONS[0]}..{MAX_DETECTIONS[1]} (default 100)")
+    p.add_argument("--conf", **_declared(DetectionConfig, "conf_threshold"))
+    p.add_argument("--iou", **_declared(DetectionConfig, "iou_threshold"))
+    p.add_argument("--max-detections", **_declared(DetectionConfig, "max_detections"))
 
 
 def _add_detect(sub: argparse._SubParsersAction[_Parser]) -> None:
@@ -195,7 +210,7 @@ def _add_detect(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _cmd_detect(args: argparse.Namespace) -> int:
-    from edged.api.messages import detection_dicts
+    from edged.api.messages import detections_of, to_wire
     from edged.tools.detect_files import FrameResult, run_detect
 
     params = _detect_params(args)
@@ -207,16 +222,16 @@ def _cmd_detect(args: argparse.Namespace) -> int:
             failed += 1
             print(f"edged: error: {_printable(res.source)}: {res.message}", file=sys.stderr)
             continue
-        dets = detection_dicts(res.detections, labels, res.width, res.height)
+        dets = detections_of(res.detections, labels, res.width, res.height)
         if args.json:
             obj: dict[str, object] = {"source": res.source}
             if res.frame is not None:
                 obj["frame"] = res.frame
-            obj.update(width=res.width, height=res.height, detections=dets)
+            obj.update(width=res.width, height=res.height, detections=to_wire(dets))
             print(json.dumps(obj), flush=True)
         else:
             where = _printable(res.source) + (f"#{res.frame}" if res.frame is not None else "")
-            found = ", ".join(f"{_printable(str(d['label']))} {d['score']:.2f}"
+            found = ", ".join(f"{_printable(d.label)} {d.score:.2f}"
                               for d in dets) or "nothing"
             print(f"{where}: {found}", flush=True)
     return EXIT_USAGE if failed else EXIT_OK
@@ -313,7 +328,7 @@ def _add_run(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("run", help="run the daemon",
                        description="Run the detection daemon. Without --config: the shipped "
                                    "model on the bundled sample clip, publishing on "
-                                   "tcp://127.0.0.1:5556.")
+                                   f"{', '.join(PublishConfig.endpoints)}.")
     p.add_argument("--config", type=Path, help="YAML config (see config.example.yaml)")
     p.set_defaults(func=_cmd_run)
 
@@ -359,8 +374,8 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 def _add_sub(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("sub", help="print the messages a running edged publishes")
-    p.add_argument("endpoints", nargs="*", default=["tcp://127.0.0.1:5556"],
-                   metavar="ENDPOINT", help="default tcp://127.0.0.1:5556")
+    p.add_argument("endpoints", nargs="*", default=list(PublishConfig.endpoints),
+                   metavar="ENDPOINT", help=f"default {', '.join(PublishConfig.endpoints)}")
     p.add_argument("--topic", action="append", default=[], metavar="PREFIX",
                    help="topic prefix, e.g. det/ or status/balcony (repeatable; default all)")
     p.add_argument("--count", type=_number(int, *SUB_COUNT), default=0,
@@ -398,7 +413,7 @@ def _cmd_sub(args: argparse.Namespace) -> int:
                     f"{_printable(d.label)} {d.score:.2f} at ({d.box[0]:.0f},{d.box[1]:.0f})-"
                     f"({d.box[2]:.0f},{d.box[3]:.0f})" for d in msg.detections) or "-"
                 print(f"{_printable(msg.topic)} #{msg.seq} frame {msg.frame_seq} "
-                      f"{msg.latency_ms['total']:.1f} ms: {found}", flush=True)
+                      f"{msg.latency_ms.total:.1f} ms: {found}", flush=True)
             else:
                 fb = (f" (fallback: {_printable(msg.fallback_reason)})"
                       if msg.fallback_reason else "")

@@ -1,28 +1,30 @@
 """The daemon's configuration: one YAML file, strictly validated.
 
-Unknown keys are rejected, every value is type- and range-checked, and every error names its key
-path (``detection.conf_threshold: expected a number in [0, 1], got 1.5``). ``config.example.yaml``
-documents every key; ``default_config()`` is what ``edged run`` uses without ``--config``.
+Each key is declared once below (``setting``: default, doc, check); validation, the CLI's option
+defaults and the README's config reference (``python -m edged.config --markdown``) derive from
+those declarations. Unknown keys are rejected and every error names its key path
+(``detection.conf_threshold: expected a number in [0, 1], got 1.5``). What depends on more than
+one key, the model or the filesystem is checked by ``_cross``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edged import sidecar
-from edged.engine.engine import BUILTIN_DELEGATES
 from edged.errors import ConfigError, ModelError
-from edged.limits import MAX_DETECTIONS, THREADS
 from edged.media import SAMPLE_CLIP
 from edged.models import DEFAULT_MODEL
+from edged.spec import Int, Invalid, Num, OneOf, Reader, Text, map_of, markdown, setting
 from edged.yamlfile import MAX_VALUES, parse, read_text, show
 
-_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # used with fullmatch: "$" accepts a final "\n"
 # A config file is small: anything larger, or expanding (YAML aliases) into more values, is a
 # mistake or an attack; both are refused before they can cost memory or time.
 MAX_CONFIG_BYTES = 1 << 20
@@ -30,261 +32,23 @@ MAX_CONFIG_VALUES = MAX_VALUES
 # Every string goes into status messages or paths: PATH_MAX bounds them all.
 MAX_STRING = 4096
 MAX_DEVICE_INDEX = 1023  # V4L2 camera indexes (/dev/videoN); OpenCV takes a C int
+BUILTIN_DELEGATES = ("auto", "vx", "ethosu", "cpu", "xnnpack")
+_URL_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://")
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # used with fullmatch: "$" accepts a final "\n"
 _TCP_RE = re.compile(r"^tcp://(\*|[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]):(\d{1,5})$")
+TEXT = Text(MAX_STRING)
 
 
-@dataclass(frozen=True)
-class CameraConfig:
-    name: str = "sample"
-    source: str = str(SAMPLE_CLIP)  # /dev/videoN, an index, a URL, a GStreamer pipeline, a file
-    width: int | None = None
-    height: int | None = None
-    fps_limit: float | None = None
-    loop: bool = True  # files: start again at the end
-    realtime: bool = True  # files: pace frames at the file's frame rate
-    stall_timeout_s: float = 5.0
-    reconnect_initial_s: float = 0.5
-    reconnect_max_s: float = 30.0
-
-
-@dataclass(frozen=True)
-class InferenceConfig:
-    delegate: str = "auto"
-    delegate_options: Mapping[str, str] = field(default_factory=dict)
-    require_accelerator: bool = False
-    runtime: str = "auto"
-    threads: int = 2
-    cache_dir: Path | None = None
-    # An invoke running longer than this counts as hung: the systemd watchdog pings stop.
-    watchdog_timeout_s: float = 10.0
-    # Try an NPU/external delegate in a child process before loading it: a delegate that
-    # crashes or hangs in its warm-up then costs a CPU fallback instead of the daemon.
-    probe_delegate: bool = True
-    probe_timeout_s: float = 300.0
-
-
-@dataclass(frozen=True)
-class DetectionConfig:
-    conf_threshold: float = 0.25
-    iou_threshold: float = 0.45
-    max_detections: int = 100
-    class_thresholds: Mapping[str, float] = field(default_factory=dict)  # label -> min score
-    classes: tuple[str, ...] | None = None  # allow-list of labels; None: all
-    min_box_area: float = 0.0  # pixels^2 of the original frame
-
-
-@dataclass(frozen=True)
-class CurveConfig:
-    server_secret_key: Path  # a zmq certificate file with the server's secret key
-    authorized_keys_dir: Path | None = None  # client public certificates; None: any client
-
-
-@dataclass(frozen=True)
-class PublishConfig:
-    endpoints: tuple[str, ...] = ("tcp://127.0.0.1:5556",)
-    ipc_mode: int = 0o660
-    sndhwm: int = 1000
-    linger_ms: int = 200  # lets the final "stopping" status out; bounded, unlike the default
-    empty_frames: bool = True
-    status_interval_s: float = 1.0
-    curve: CurveConfig | None = None
-
-
-@dataclass(frozen=True)
-class Config:
-    camera: CameraConfig = field(default_factory=CameraConfig)
-    model: Path = DEFAULT_MODEL
-    inference: InferenceConfig = field(default_factory=InferenceConfig)
-    detection: DetectionConfig = field(default_factory=DetectionConfig)
-    publish: PublishConfig = field(default_factory=PublishConfig)
-    log_level: str = "info"
-    source: str = "<built-in default>"  # where it was loaded from
-
-
-def default_config() -> Config:
-    return Config()
-
-
-# --- validation ------------------------------------------------------------------------------
-
-class _V:
-    """Typed getters over one mapping, errors carrying the key path."""
-
-    def __init__(self, data: Any, path: str, where: str) -> None:
-        self.where = where
-        self.path = path
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise self.fail("", f"expected a mapping, got {type(data).__name__}")
-        self.data: dict[str, Any] = data
-
-    def key(self, k: str) -> str:
-        return f"{self.path}.{k}" if self.path else k
-
-    def fail(self, k: str, msg: str) -> ConfigError:
-        return ConfigError(f"{self.where}: {self.key(k) if k else self.path or '<top>'}: {msg}")
-
-    def check_keys(self, allowed: set[str]) -> None:
-        for k in self.data:
-            if k not in allowed:
-                near = difflib.get_close_matches(k, sorted(allowed), 1) \
-                    if isinstance(k, str) and len(k) <= 100 else []
-                hint = f" (did you mean '{near[0]}'?)" if near else \
-                    f" (allowed: {', '.join(sorted(allowed))})"
-                raise self.fail(show(k)[1:-1] if isinstance(k, str) else show(k),
-                                f"unknown key{hint}")
-
-    def get(self, k: str, default: Any, check: Callable[[Any], Any], what: str) -> Any:
-        if k not in self.data or (self.data[k] is None and default is None):
-            return default
-        v = self.data[k]
-        try:
-            out = check(v)
-        except (TypeError, ValueError):
-            out = None
-        if out is None:
-            raise self.fail(k, f"expected {what}, got {show(v)}")
-        return out
-
-    def get_num(self, k: str, default: float | None, lo: float, hi: float,
-            lo_open: bool = False) -> float | None:
-        def ok(v: Any) -> float | None:
-            if isinstance(v, bool) or not isinstance(v, int | float):
-                return None
-            f = float(v)
-            return f if (f > lo if lo_open else f >= lo) and f <= hi else None
-        lo_s = "(" if lo_open else "["
-        out: float | None = self.get(k, default, ok, f"a number in {lo_s}{lo:g}, {hi:g}]")
-        return out
-
-    def get_int(self, k: str, default: int | None, lo: int, hi: int) -> int | None:
-        def ok(v: Any) -> int | None:
-            return v if isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi else None
-        out: int | None = self.get(k, default, ok, f"an integer in [{lo}, {hi}]")
-        return out
-
-    def get_bool(self, k: str, default: bool) -> bool:
-        return bool(self.get(k, default, lambda v: v if isinstance(v, bool) else None,
-                             "true or false"))
-
-    def get_str(self, k: str, default: str | None) -> str | None:
-        out: str | None = self.get(
-            k, default, lambda v: v if isinstance(v, str) and 0 < len(v) <= MAX_STRING else None,
-            f"a non-empty string of at most {MAX_STRING} characters")
-        return out
-
-    def sub(self, k: str) -> _V:
-        return _V(self.data.get(k), self.key(k), self.where)
-
-
-def _check_source(v: _V) -> str:
-    raw = v.data.get("source", CameraConfig.source)
-    if isinstance(raw, str) and raw.strip().isascii() and raw.strip().isdigit():
-        raw = int(raw.strip())
-    if isinstance(raw, int) and not isinstance(raw, bool):
-        if not 0 <= raw <= MAX_DEVICE_INDEX:
-            raise v.fail("source", f"a camera index must be in [0, {MAX_DEVICE_INDEX}], got "
-                                   f"{show(raw)}")
-        return str(raw)
-    if not isinstance(raw, str) or not raw.strip():
-        raise v.fail("source", f"expected a device, URL, pipeline or file, got {show(raw)}")
-    if "\0" in raw:
-        raise v.fail("source", f"contains a NUL byte: {show(raw)}")
-    if len(raw) > MAX_STRING:
-        raise v.fail("source", f"longer than {MAX_STRING} characters: {show(raw)}")
-    return raw.strip()
-
-
-def _camera(v: _V) -> CameraConfig:
-    v.check_keys(set(CameraConfig.__dataclass_fields__))
-    name = v.get_str("name", "sample")
-    assert name is not None
-    if not _NAME_RE.fullmatch(name):
-        raise v.fail("name", f"use 1-64 letters, digits, '_', '-' or '.', got {show(name)}")
-    source = _check_source(v)
-    from edged.pipeline.capture import classify_source  # local: keeps this module's imports light
-
-    kind = classify_source(source)
-    if kind == "file" and not Path(source).is_file():
-        raise v.fail("source", f"file {source} not found (a device, URL or pipeline also works)")
-    cam = CameraConfig(
-        name=name, source=source,
-        width=v.get_int("width", None, 16, 16384), height=v.get_int("height", None, 16, 16384),
-        fps_limit=v.get_num("fps_limit", None, 0.0, 1000.0, lo_open=True),
-        loop=v.get_bool("loop", True), realtime=v.get_bool("realtime", True),
-        stall_timeout_s=v.get_num("stall_timeout_s", 5.0, 0.1, 3600.0) or 5.0,
-        reconnect_initial_s=v.get_num("reconnect_initial_s", 0.5, 0.01, 3600.0) or 0.5,
-        reconnect_max_s=v.get_num("reconnect_max_s", 30.0, 0.01, 3600.0) or 30.0,
-    )
-    if (cam.width is None) != (cam.height is None):
-        raise v.fail("width", "set both width and height, or neither")
-    if cam.reconnect_max_s < cam.reconnect_initial_s:
-        raise v.fail("reconnect_max_s", "must be >= reconnect_initial_s")
-    return cam
-
-
-def _inference(v: _V) -> InferenceConfig:
-    v.check_keys(set(InferenceConfig.__dataclass_fields__))
-    delegate = v.get_str("delegate", "auto")
-    assert delegate is not None
-    if delegate not in BUILTIN_DELEGATES:
-        if "/" not in delegate and not delegate.endswith(".so"):
-            raise v.fail("delegate", f"must be one of {', '.join(BUILTIN_DELEGATES)} or a path "
-                                     f"to a delegate .so, got {show(delegate)}")
-        if delegate.startswith("/") and not Path(delegate).is_file():
-            raise v.fail("delegate", f"delegate library {delegate} not found")
-    opts_v = v.sub("delegate_options")
-    options = {}
-    for k, val in opts_v.data.items():
-        if isinstance(val, dict | list) or val is None:
-            raise opts_v.fail(str(k), f"expected a scalar, got {show(val)}")
-        options[str(k)] = "true" if val is True else "false" if val is False else str(val)
-    runtime = v.get_str("runtime", "auto")
-    if runtime not in ("auto", "ai_edge_litert", "tflite_runtime", "tensorflow"):
-        raise v.fail("runtime", "must be auto, ai_edge_litert, tflite_runtime or tensorflow, "
-                                f"got {show(runtime)}")
-    cache = v.get_str("cache_dir", None)
-    return InferenceConfig(delegate, options, v.get_bool("require_accelerator", False),
-                           runtime or "auto", v.get_int("threads", 2, *THREADS) or 2,
-                           Path(cache) if cache else None,
-                           v.get_num("watchdog_timeout_s", 10.0, 0.1, 3600.0) or 10.0,
-                           v.get_bool("probe_delegate", True),
-                           v.get_num("probe_timeout_s", 300.0, 1.0, 7200.0) or 300.0)
-
-
-def _detection(v: _V, labels: tuple[str, ...]) -> DetectionConfig:
-    v.check_keys(set(DetectionConfig.__dataclass_fields__))
-    ct = v.sub("class_thresholds")
-    thresholds: dict[str, float] = {}
-    for label in ct.data:
-        if label not in labels:
-            raise ct.fail(show(label), _unknown_label(label, labels))
-        val = ct.get_num(str(label), None, 0.0, 1.0)
-        assert val is not None
-        thresholds[str(label)] = val
-    classes: tuple[str, ...] | None = None
-    if v.data.get("classes") is not None:
-        raw = v.data["classes"]
-        if not isinstance(raw, list) or not raw:
-            raise v.fail("classes", f"expected a non-empty list of labels, got {show(raw)}")
-        for i, label in enumerate(raw):
-            if label not in labels:
-                raise v.fail(f"classes[{i}]", _unknown_label(label, labels))
-        classes = tuple(str(x) for x in raw)
-    return DetectionConfig(
-        conf_threshold=v.get_num("conf_threshold", 0.25, 0.0, 1.0) or 0.0,
-        iou_threshold=v.get_num("iou_threshold", 0.45, 0.0, 1.0) or 0.0,
-        max_detections=v.get_int("max_detections", 100, *MAX_DETECTIONS) or 100,
-        class_thresholds=thresholds, classes=classes,
-        min_box_area=v.get_num("min_box_area", 0.0, 0.0, 1e9) or 0.0)
-
-
-def _unknown_label(label: Any, labels: tuple[str, ...]) -> str:
-    near = difflib.get_close_matches(label, labels, 1) if isinstance(label, str) and \
-        len(label) <= 100 else []
-    return f"{show(label)} is not a label of the model" + (f" (did you mean '{near[0]}'?)"
-                                                           if near else "")
+def classify_source(source: str) -> str:
+    """``v4l2`` | ``gstreamer`` | ``url`` | ``file``."""
+    s = source.strip()
+    if (s.isascii() and s.isdigit()) or s.startswith("/dev/video"):
+        return "v4l2"
+    if s.startswith("gst:") or " ! " in s:
+        return "gstreamer"
+    if s.lower().startswith(_URL_SCHEMES):
+        return "url"
+    return "file"
 
 
 def check_endpoint(ep: str) -> str | None:
@@ -304,69 +68,246 @@ def check_endpoint(ep: str) -> str | None:
     return None
 
 
-def _publish(v: _V) -> PublishConfig:
-    v.check_keys(set(PublishConfig.__dataclass_fields__))
-    raw = v.data.get("endpoints", list(PublishConfig.endpoints))
-    if isinstance(raw, str):
-        raw = [raw]
+# --- checks of single values (the generic ones are in edged.spec) -------------------------
+
+def _name(v: Any) -> str:
+    if not _NAME_RE.fullmatch(TEXT(v)):
+        raise Invalid(f"use 1-64 letters, digits, '_', '-' or '.', got {show(v)}")
+    return str(v)
+
+
+def _source(raw: Any) -> str:
+    if isinstance(raw, str) and raw.strip().isascii() and raw.strip().isdigit():
+        raw = int(raw.strip())
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        if not 0 <= raw <= MAX_DEVICE_INDEX:
+            raise Invalid(f"a camera index must be in [0, {MAX_DEVICE_INDEX}], got {show(raw)}")
+        return str(raw)
+    if not isinstance(raw, str) or not raw.strip():
+        raise Invalid(f"expected a device, URL, pipeline or file, got {show(raw)}")
+    if "\0" in raw:
+        raise Invalid(f"contains a NUL byte: {show(raw)}")
+    if len(raw) > MAX_STRING:
+        raise Invalid(f"longer than {MAX_STRING} characters: {show(raw)}")
+    return raw.strip()
+
+
+def check_delegate(v: Any) -> str:
+    """A built-in delegate name or something that looks like a path to a delegate library."""
+    d = TEXT(v)
+    if d not in BUILTIN_DELEGATES and "/" not in d and not d.endswith(".so"):
+        raise Invalid(f"must be one of {', '.join(BUILTIN_DELEGATES)} or a path to a delegate "
+                      f".so, got {show(d)}")
+    return d
+
+
+def _scalar(v: Any) -> str:
+    if isinstance(v, dict | list) or v is None:
+        raise Invalid(f"expected a scalar, got {show(v)}")
+    return "true" if v is True else "false" if v is False else str(v)
+
+
+def _options(v: Any) -> dict[str, str]:
+    return {str(k): x for k, x in map_of(_scalar)(v).items()}
+
+
+UNIT = Num(0.0, 1.0)
+
+
+def _labels(v: Any) -> tuple[Any, ...]:  # which are the model's: _cross
+    if not isinstance(v, list) or not v:
+        raise Invalid(f"expected a non-empty list of labels, got {show(v)}")
+    return tuple(v)
+
+
+def _endpoints(raw: Any) -> tuple[str, ...]:
+    raw = [raw] if isinstance(raw, str) else raw
     if not isinstance(raw, list) or not raw:
-        raise v.fail("endpoints", f"expected a non-empty list of endpoints, got {show(raw)}")
+        raise Invalid(f"expected a non-empty list of endpoints, got {show(raw)}")
     for i, ep in enumerate(raw):
         problem = check_endpoint(ep) if isinstance(ep, str) else "expected a string"
         if problem:
-            raise v.fail(f"endpoints[{i}]", f"{problem}, got {show(ep)}")
+            raise Invalid(f"{problem}, got {show(ep)}", f"[{i}]")
     if len(set(raw)) != len(raw):
-        raise v.fail("endpoints", "lists an endpoint twice")
-    mode = v.get("ipc_mode", 0o660,
-                 lambda m: int(m, 8) if isinstance(m, str) and re.fullmatch(r"0?[0-7]{3}", m)
-                 else None, "an octal mode string like '0660'")
-    curve = None
-    if v.data.get("curve") is not None:
-        cv = v.sub("curve")
-        cv.check_keys({"server_secret_key", "authorized_keys_dir"})
-        key = cv.get_str("server_secret_key", None)
-        if key is None:
-            raise cv.fail("server_secret_key", "required when curve is set")
-        if not Path(key).is_file():
-            raise cv.fail("server_secret_key", f"file {key} not found")
-        if any(not e.startswith("tcp://") for e in raw):
-            raise v.fail("curve", "CURVE applies to tcp endpoints; remove the ipc ones or curve")
-        keys_dir = cv.get_str("authorized_keys_dir", None)
-        if keys_dir is not None and not Path(keys_dir).is_dir():
-            raise cv.fail("authorized_keys_dir", f"directory {keys_dir} not found")
-        curve = CurveConfig(Path(key), Path(keys_dir) if keys_dir else None)
-    return PublishConfig(
-        endpoints=tuple(raw), ipc_mode=mode,
-        sndhwm=v.get_int("sndhwm", 1000, 1, 1_000_000) or 1000,
-        linger_ms=v.get_int("linger_ms", 200, 0, 10_000) or 0,
-        empty_frames=v.get_bool("empty_frames", True),
-        status_interval_s=v.get_num("status_interval_s", 1.0, 0.05, 3600.0) or 1.0,
-        curve=curve)
+        raise Invalid("lists an endpoint twice")
+    return tuple(raw)
 
+
+def _mode(m: Any) -> int:
+    if not isinstance(m, str) or not re.fullmatch(r"0?[0-7]{3}", m):
+        raise Invalid(f"expected an octal mode string like '0660', got {show(m)}")
+    return int(m, 8)
+
+
+def _secret_key(v: Any) -> str:
+    if v is None:
+        raise Invalid("required when curve is set")
+    return TEXT(v)
+
+
+# --- the declarations ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CameraConfig:
+    name: str = setting("sample", "Used in the topics `det/<name>`, `status/<name>`: 1-64 "
+                        "letters, digits, `_`, `-`, `.`", _name)
+    source: str = setting(str(SAMPLE_CLIP), "`/dev/videoN` or an index, an `rtsp://`/`http://` "
+                          "URL, a GStreamer pipeline, or a file", _source,
+                          shown="the bundled sample clip")
+    width: int | None = setting(None, "Requested capture size (V4L2) or resize target "
+                                "(network); set both or neither. null: native", Int(16, 16384))
+    height: int | None = setting(None, "See `width`", Int(16, 16384))
+    fps_limit: float | None = setting(None, "Take at most this many frames per second (null: "
+                                      "all)", Num(0.0, 1000.0, lo_open=True))
+    loop: bool = setting(True, "Files: start again at the end")
+    realtime: bool = setting(True, "Files: deliver frames at the file's own frame rate, as a "
+                             "camera would (false: as fast as they decode)")
+    stall_timeout_s: float = setting(5.0, "Seconds without a frame before a source counts as "
+                                     "stalled and is reopened", Num(0.1, 3600.0))
+    reconnect_initial_s: float = setting(0.5, "First wait before reopening a failed source, "
+                                         "doubling up to `reconnect_max_s`", Num(0.01, 3600.0))
+    reconnect_max_s: float = setting(30.0, "Longest wait between reopen attempts (>= "
+                                     "`reconnect_initial_s`)", Num(0.01, 3600.0))
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    delegate: str = setting("auto", "`auto` (by SoC: i.MX 8M Plus: vx, i.MX 93: ethosu, else "
+                            "cpu), " + ", ".join(BUILTIN_DELEGATES[1:]) + ", or a path to an "
+                            "external delegate `.so`", check_delegate)
+    delegate_options: Mapping[str, str] = setting(
+        doc="Options for the delegate, passed as strings (booleans as `true`/`false`)",
+        check=_options, factory=dict)
+    require_accelerator: bool = setting(False, "Exit with code 3 instead of falling back to "
+                                        "the CPU when the accelerator cannot be used")
+    runtime: str = setting("auto", "TFLite runtime; auto: ai_edge_litert, then tflite_runtime, "
+                           "then tensorflow.lite", OneOf(("auto", "ai_edge_litert",
+                                                          "tflite_runtime", "tensorflow"), TEXT))
+    threads: int = setting(2, "CPU threads of the interpreter (CPU backend and fallback)",
+                           Int(1, 64))
+    cache_dir: Path | None = setting(None, "NPU graph cache directory (null: no cache)", TEXT)
+    watchdog_timeout_s: float = setting(
+        10.0, "An invoke running longer than this counts as hung: the systemd watchdog pings "
+        "stop (a camera that is down does not count)", Num(0.1, 3600.0))
+    probe_delegate: bool = setting(
+        True, "Try an NPU or external delegate (load, build, one invoke) in a child process "
+        "first: one that crashes or hangs costs a CPU fallback instead of the daemon")
+    probe_timeout_s: float = setting(300.0, "Bound on that probe, seconds", Num(1.0, 7200.0))
+
+
+@dataclass(frozen=True)
+class DetectionConfig:
+    conf_threshold: float = setting(0.25, "Minimum score (objectness x class probability)",
+                                    UNIT)
+    iou_threshold: float = setting(0.45, "NMS overlap above which the weaker box of the same "
+                                   "class is dropped", UNIT)
+    max_detections: int = setting(100, "Detections kept per frame, best first",
+                                  Int(1, 10_000))
+    class_thresholds: Mapping[str, float] = setting(
+        doc="Per-label minimum scores overriding `conf_threshold`, e.g. `{bird: 0.3}`",
+        check=map_of(lambda v: v), factory=dict)  # labels, then values: _cross
+    classes: tuple[str, ...] | None = setting(None, "Only report these labels, e.g. `[bird, "
+                                              "cat]` (null: all)", _labels)
+    min_box_area: float = setting(0.0, "Drop boxes smaller than this many square pixels of the "
+                                  "original frame", Num(0.0, 1e9))
+
+
+@dataclass(frozen=True)
+class CurveConfig:
+    server_secret_key: Path = setting(doc="zmq certificate file with the server's secret key",
+                                      check=_secret_key, shown="required with `curve`")
+    authorized_keys_dir: Path | None = setting(None, "Directory of the client public "
+                                               "certificates allowed (null: any client)", TEXT)
+
+
+@dataclass(frozen=True)
+class PublishConfig:
+    endpoints: tuple[str, ...] = setting(("tcp://127.0.0.1:5556",), "ZeroMQ PUB endpoints: "
+                                         "`tcp://HOST:PORT`, `ipc:///path`", _endpoints)
+    ipc_mode: int = setting(0o660, "File mode of ipc socket files (an octal string)", _mode,
+                            shown="`'0660'`")
+    sndhwm: int = setting(1000, "Messages queued per subscriber before ZeroMQ drops for that "
+                          "subscriber", Int(1, 1_000_000))
+    linger_ms: int = setting(200, "How long closing may wait to flush the last messages (the "
+                             "final status)", Int(0, 10_000))
+    empty_frames: bool = setting(True, "Publish det messages for frames without detections too")
+    status_interval_s: float = setting(1.0, "Seconds between status messages (one is also sent "
+                                       "at every state change)", Num(0.05, 3600.0))
+    curve: CurveConfig | None = setting(None, "CURVE encryption and access control for tcp "
+                                        "endpoints (null: off)")
+
+
+@dataclass(frozen=True)
+class Config:
+    camera: CameraConfig = setting(factory=CameraConfig)
+    model: Path = setting(DEFAULT_MODEL, "The model sidecar `.yaml` written by `edged export`",
+                          TEXT, null_default=True, shown="the shipped yolov3-tiny")
+    inference: InferenceConfig = setting(factory=InferenceConfig)
+    detection: DetectionConfig = setting(factory=DetectionConfig)
+    publish: PublishConfig = setting(factory=PublishConfig)
+    log_level: str = setting("info", "Log level", OneOf(("debug", "info", "warning", "error"),
+                                                         TEXT))
+    source: str = setting("<built-in default>", key=False)  # where it was loaded from
+
+
+def default_config() -> Config:
+    return Config()
+
+
+# --- validation ---------------------------------------------------------------------------
 
 def parse_config(data: Any, where: str = "config") -> Config:
-    top = _V(data, "", where)
-    top.check_keys({"camera", "model", "inference", "detection", "publish", "log_level"})
-    model_raw = top.get_str("model", None)
-    model = Path(model_raw) if model_raw else DEFAULT_MODEL
-    if not model.is_file():
-        raise top.fail("model", f"model sidecar {model} not found")
+    r = Reader(where, ConfigError)
+    cfg: Config = r.section(Config, {} if data is None else data)
+    return dataclasses.replace(_cross(cfg, r), source=where)
+
+
+def _cross(cfg: Config, r: Reader) -> Config:
+    """What one value cannot say alone: pairs of keys, the model's labels, files."""
+    cam, det, curve = cfg.camera, cfg.detection, cfg.publish.curve
+    if classify_source(cam.source) == "file" and not Path(cam.source).is_file():
+        raise r.fail("camera.source",
+                     f"file {cam.source} not found (a device, URL or pipeline also works)")
+    if (cam.width is None) != (cam.height is None):
+        raise r.fail("camera.width", "set both width and height, or neither")
+    if cam.reconnect_max_s < cam.reconnect_initial_s:
+        raise r.fail("camera.reconnect_max_s", "must be >= reconnect_initial_s")
+    delegate = cfg.inference.delegate
+    if delegate.startswith("/") and not Path(delegate).is_file():
+        raise r.fail("inference.delegate", f"delegate library {delegate} not found")
+    if not cfg.model.is_file():
+        raise r.fail("model", f"model sidecar {cfg.model} not found")
     try:
-        spec = sidecar.load(model)
+        labels = sidecar.load(cfg.model).labels
     except ModelError as e:
-        raise ConfigError(f"{where}: model: {e}") from e
-    level = top.get_str("log_level", "info")
-    if level not in ("debug", "info", "warning", "error"):
-        raise top.fail("log_level", f"must be debug, info, warning or error, got {show(level)}")
-    return Config(
-        camera=_camera(top.sub("camera")),
-        model=model,
-        inference=_inference(top.sub("inference")),
-        detection=_detection(top.sub("detection"), spec.labels),
-        publish=_publish(top.sub("publish")),
-        log_level=level or "info",
-        source=where,
-    )
+        raise ConfigError(f"{r.where}: model: {e}") from e
+    thresholds = {}
+    for label, value in det.class_thresholds.items():  # a misspelt label first, as it is typed
+        if label not in labels:
+            raise r.fail(f"detection.class_thresholds.{show(label)}", _unknown(label, labels))
+        thresholds[label] = r.at(UNIT, value, f"detection.class_thresholds.{label}")
+    for i, label in enumerate(det.classes or ()):
+        if label not in labels:
+            raise r.fail(f"detection.classes[{i}]", _unknown(label, labels))
+    if curve is not None:
+        if not curve.server_secret_key.is_file():
+            raise r.fail("publish.curve.server_secret_key",
+                         f"file {curve.server_secret_key} not found")
+        if any(not e.startswith("tcp://") for e in cfg.publish.endpoints):
+            raise r.fail("publish.curve",
+                         "CURVE applies to tcp endpoints; remove the ipc ones or curve")
+        keys = curve.authorized_keys_dir
+        if keys is not None and not keys.is_dir():
+            raise r.fail("publish.curve.authorized_keys_dir", f"directory {keys} not found")
+    return dataclasses.replace(cfg, detection=dataclasses.replace(
+        det, class_thresholds=thresholds))
+
+
+def _unknown(label: Any, labels: tuple[str, ...]) -> str:
+    near = difflib.get_close_matches(label, labels, 1) if isinstance(label, str) and \
+        len(label) <= 100 else []
+    return f"{show(label)} is not a label of the model" + (f" (did you mean '{near[0]}'?)"
+                                                           if near else "")
 
 
 def read_config_text(path: Path) -> str:
@@ -382,3 +323,12 @@ def load_config(path: Path) -> Config:
         # arriving between truncate and write), and the defaults would rebind the socket.
         raise ConfigError(f"{path}: the file is empty (run without --config for the defaults)")
     return parse_config(data, str(path))
+
+
+def reference() -> str:
+    """The README's config reference table (tests/test_config_reference.py keeps them equal)."""
+    return markdown(Config)
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--markdown"]:
+    print(reference(), end="")

@@ -15,8 +15,6 @@ import stat
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from edged.errors import EdgedError
 
 MAX_VALUES = 100_000  # far above any real config or sidecar (80 labels: ~300 values)
@@ -66,6 +64,8 @@ def read_text(path: Path, max_bytes: int, what: str, error: type[EdgedError]) ->
 
 def parse(text: str, where: str, error: type[EdgedError], max_values: int = MAX_VALUES) -> Any:
     """YAML ``text`` to plain data (safe loader), bounded in nesting and alias expansion."""
+    import yaml  # here: `import edged.cli` needs no third-party package (an install check)
+
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
         data = yaml.load(text, Loader=loader)  # a safe loader (no arbitrary objects)
@@ -76,6 +76,9 @@ def parse(text: str, where: str, error: type[EdgedError], max_values: int = MAX_
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or "syntax error"
         raise error(f"{where}: not valid YAML{at}: {show(problem)[1:-1]}") from e
+    except ValueError as e:  # a value its constructor refuses: an integer of 5000 digits, a
+        # timestamp like 2024-13-45 (Python's int() and datetime raise, not YAMLError)
+        raise error(f"{where}: a value edged cannot read: {show(str(e))[1:-1]}") from e
     if count_values(data, max_values) > max_values:
         raise error(f"{where}: nested too deeply or expands to more than {max_values} values "
                     "(YAML aliases?): not a file edged can use")

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edged.pipeline.capture import SourceSpec
+from edged.config import CameraConfig
 from tests.conftest import REPO
 from tests.daemon_util import (
     Daemon,
@@ -115,11 +115,11 @@ def test_why_a_source_cannot_be_opened(tmp_path: Path) -> None:
     ]
     for source, native, want in cases:
         t0 = time.monotonic()
-        got = why_cannot_open(SourceSpec(source, stall_timeout_s=1.0), native)
+        got = why_cannot_open(CameraConfig(source=source, stall_timeout_s=1.0), native)
         took = time.monotonic() - t0
         assert got.startswith(want), (source, got)
         assert took < 5.0, (source, took)  # a name lookup: at most 1 s here, + slack
-    assert why_cannot_open(SourceSpec("rtsp://x/", stall_timeout_s=1.0),
+    assert why_cannot_open(CameraConfig(source="rtsp://x/", stall_timeout_s=1.0),
                            ["[rtsp @ 0x1] " + "A" * 5000]).endswith("...")
 
 

@@ -131,3 +131,11 @@ def test_malformed_messages_are_skipped(bad: list[bytes]) -> None:
     finally:
         pub.close(linger=0)
         ctx.term()
+
+
+def test_the_earlier_import_path_still_works() -> None:
+    """Scripts written against `from edged.client import Subscriber` (before the layered
+    layout moved the client to edged.api.client) keep working."""
+    import edged.client
+
+    assert edged.client.Subscriber is Subscriber and edged.client.DetMessage is DetMessage

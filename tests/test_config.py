@@ -67,6 +67,9 @@ CASES: list[tuple[str, Any, str]] = [
      "did you mean 'bird'"),
     ("label threshold range", _with("detection.class_thresholds", {"bird": 2}),
      "detection.class_thresholds.bird"),
+    # a misspelt label is the news, even when its value is also out of range
+    ("unknown label, bad value", _with("detection.class_thresholds", {"brid": 5}),
+     "'brid' is not a label of the model (did you mean 'bird'?)"),
     ("missing model file", {**_base(), "model": "/nope/model.yaml"}, "model: model sidecar"),
     ("unknown delegate", _with("inference.delegate", "tpu"), "inference.delegate: must be one"),
     ("delegate path missing", _with("inference.delegate", "/nope/libx.so"), "not found"),
@@ -160,8 +163,9 @@ def test_stale_ipc_file_is_reclaimed(tmp_path: Path) -> None:
     cfg = parse_config(_with("publish.endpoints", [f"ipc://{path}"]), "test")
     assert isinstance(cfg, Config)
     from edged.pipeline.publish import Publisher
+    from tests.test_messages import STATUS
 
-    pub = Publisher(cfg.publish, "cam", dict)
+    pub = Publisher(cfg.publish, "cam", lambda: STATUS)
     pub.bind()
     try:
         assert path.exists() and oct(path.stat().st_mode & 0o777) == oct(0o660)

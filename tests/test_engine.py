@@ -123,7 +123,8 @@ def test_failing_delegate_falls_back_once(fail: str, reason: str, recording_dele
                                           caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="edged"):
         eng = open_engine(DEFAULT_MODEL, EngineConfig(delegate=str(recording_delegate),
-                                                      delegate_options={"fail": fail}))
+                                                      delegate_options={"fail": fail},
+                                                      probe_delegate=False))  # in-process
     assert eng.backend == "cpu"
     assert eng.fallback_reason is not None and reason in eng.fallback_reason
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]

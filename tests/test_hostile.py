@@ -15,6 +15,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,11 +27,12 @@ from edged.api.client import DetMessage, Subscriber
 from edged.cli import EXIT_USAGE
 from tests.conftest import REPO, one_line_error, run_edged
 from tests.test_client import GOOD
+from tests.test_messages import STATUS as STATUS_MESSAGE
 from tests.timing import Speed
 
-STATUS = {"v": 1, "kind": "status", "camera": "c", "seq": 0, "state": "running",
-          "backend": "cpu", "fallback_reason": None, "fps_in": 1.0, "fps_out": 1.0,
-          "frames_dropped": 0}
+# a complete, valid status message (edged.api.messages.StatusMessage), from camera "c"
+STATUS = {**STATUS_MESSAGE.raw, "camera": "c", "seq": 0, "state": "running", "backend": "cpu",
+          "fallback_reason": None, "fps_in": 1.0, "fps_out": 1.0, "frames_dropped": 0}
 
 
 def _alias_bomb(levels: int) -> str:
@@ -148,6 +150,31 @@ def test_client_skips_hostile_messages(payload: bytes) -> None:
         after = sub.recv(10.0)
         assert isinstance(after, DetMessage) and after.seq == 99
         assert sub.malformed == 1
+
+
+def test_recv_timeout_holds_while_malformed_messages_keep_coming() -> None:
+    """A publisher sending only malformed messages kept `recv(timeout)` (and `edged sub
+    --timeout`) waiting forever: each one restarted the wait."""
+    with _publisher() as (pub, ep), Subscriber([ep], topics=["det/"]) as sub:
+        _join(pub, sub)
+        stop = threading.Event()
+
+        def flood() -> None:
+            while not stop.is_set():
+                pub.send_multipart([b"det/c", b"{}"])
+                stop.wait(0.01)
+        sender = threading.Thread(target=flood)
+        sender.start()
+        got: list[object] = []
+        waiter = threading.Thread(target=lambda: got.append(sub.recv(1.0)), daemon=True)
+        try:
+            waiter.start()
+            waiter.join(20)  # a recv that never returns fails here instead of hanging
+            assert not waiter.is_alive(), "recv(1.0) still waiting after 20 s"
+        finally:
+            stop.set()
+            sender.join()
+        assert got == [None] and sub.malformed > 0
 
 
 def test_edged_sub_survives_a_hostile_publisher() -> None:

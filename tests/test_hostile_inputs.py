@@ -6,6 +6,7 @@ not hang, and the status never says "running" before a frame. Each case failed b
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -18,12 +19,14 @@ from pathlib import Path
 import pytest
 import zmq
 
+from edged.api.messages import Latency
 from edged.cli import EXIT_USAGE
 from edged.config import PublishConfig
 from edged.models import DEFAULT_MODEL
 from edged.pipeline.publish import Publisher
 from tests.conftest import one_line_error, run_edged
 from tests.daemon_util import Daemon, Listener, free_port, write_config
+from tests.test_messages import DET, STATUS
 from tests.timing import Speed
 
 MAX_LINE = 1000  # "one line": bounded, whatever the input
@@ -66,6 +69,8 @@ SIDECAR_CASES = {
     "control chars in a label": (lambda t: t.replace("- bird", '- "bi\\x1b[2Jrd"', 1),
                                  "labels[14]"),
     "100k labels": (lambda t: t.replace("classes: 80", "classes: 100000", 1), "head.classes"),
+    "5000-digit integer": (lambda t: t.replace("classes: 80", "classes: " + "9" * 5000, 1),
+                           "a value edged cannot read"),
 }
 
 
@@ -106,6 +111,21 @@ def test_config_that_is_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
     assert "is not a regular file" in one_line_error(proc)
 
 
+@pytest.mark.parametrize(("text", "says"), [
+    ("camera: {width: " + "9" * 5000 + "}\n", "a value edged cannot read: Exceeds the limit"),
+    ("camera: {name: 2024-13-45}\n", "a value edged cannot read: month must be in 1..12"),
+])
+def test_values_yaml_cannot_construct_are_one_line(text: str, says: str, tmp_path: Path) -> None:
+    """A 5000-digit integer (Python's int() limit) or an impossible date raised ValueError
+    out of the YAML loader: "internal error" for check-config, a traceback on SIGHUP."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    proc = run_edged("check-config", str(cfg))
+    assert proc.returncode == EXIT_USAGE, proc.stderr[-2000:]
+    line = one_line_error(proc)
+    assert says in line and len(line) < MAX_LINE, line[:2000]
+
+
 @pytest.mark.parametrize(("section", "values", "says"), [
     ("camera", {"source": "rtsp://h/" + "a" * 900_000}, "camera.source: longer than 4096"),
     ("camera", {"n" * 900_000: 1}, "unknown key"),
@@ -128,7 +148,7 @@ def test_a_message_json_cannot_carry_never_kills_the_publisher() -> None:
     port = free_port()
     ep = f"tcp://127.0.0.1:{port}"
     pub = Publisher(PublishConfig(endpoints=(ep,), status_interval_s=3600), "cam",
-                    lambda: {"kind": "status"})
+                    lambda: STATUS)
     pub.bind()
     pub.start()
     ctx = zmq.Context()
@@ -139,13 +159,14 @@ def test_a_message_json_cannot_carry_never_kills_the_publisher() -> None:
         deadline = time.monotonic() + 30
         while not sub.poll(100):  # the slow-joiner: publish until the subscription is in
             assert time.monotonic() < deadline
-            pub.submit({"seq": -1})
+            pub.submit(dataclasses.replace(DET, seq=100))
         while sub.poll(200):
             sub.recv_multipart()
-        pub.submit({"seq": 0, "score": float("nan")})
-        pub.submit({"seq": 1})
+        nan = Latency(float("nan"), 1.0, 1.0, 1.0)
+        pub.submit(dataclasses.replace(DET, seq=0, latency_ms=nan))
+        pub.submit(dataclasses.replace(DET, seq=1))
         assert sub.poll(30_000), "nothing published after the NaN message"
-        assert json.loads(sub.recv_multipart()[1]) == {"seq": 1}
+        assert json.loads(sub.recv_multipart()[1])["seq"] == 1
         assert pub.is_alive() and pub.unencodable == 1
     finally:
         sub.close(linger=0)

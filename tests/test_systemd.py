@@ -76,19 +76,24 @@ def test_notify_protocol_ready_watchdog_status_reload_stop(tmp_path: Path) -> No
         sd.close()
 
 
-def test_hung_inference_starves_the_watchdog(tmp_path: Path) -> None:
+def test_hung_inference_starves_the_watchdog(tmp_path: Path, recording_delegate: Path) -> None:
+    """A delegate whose invoke() blocks for good mid-stream (a wedged NPU driver: the test
+    delegate's hang_after; its probe child and the warm-up invoke once each, below 25)."""
     sd = FakeSystemd(tmp_path)
-    cfg = _cfg(tmp_path, inference={"watchdog_timeout_s": 1.5})
-    env = {"NOTIFY_SOCKET": str(sd.path), "WATCHDOG_USEC": "1000000",  # ping every 0.5 s
-           "EDGED_TEST_FAULT": "hang_inference_after=25"}
+    cfg = _cfg(tmp_path, inference={"watchdog_timeout_s": 1.5,
+                                    "delegate": str(recording_delegate),
+                                    "delegate_options": {"hang_after": "25"}})
+    env = {"NOTIFY_SOCKET": str(sd.path), "WATCHDOG_USEC": "1000000"}  # ping every 0.5 s
+    hang_line = "recording delegate: invoke 26 blocks forever"
     try:
         with Daemon(tmp_path, cfg, env) as d:
             sd.wait_for("READY", "1", 60)
+            assert "falling back" not in d.stderr  # the frames run through the delegate
             deadline = time.monotonic() + 30
-            while "inference hangs now" not in d.stderr and time.monotonic() < deadline:
+            while hang_line not in d.stderr and time.monotonic() < deadline:
                 sd.pump(0.1)
             hung_at = time.monotonic()
-            assert "inference hangs now" in d.stderr
+            assert hang_line in d.stderr, d.stderr[-2000:]
             sd.pump(4.0)
             assert d.proc.poll() is None  # alive, just stuck: systemd must restart it
             last_ping = max(sd.times("WATCHDOG"))
@@ -201,11 +206,12 @@ def test_install_script_into_a_temp_root(tmp_path: Path) -> None:
         "cache_dir"] == "/var/cache/edged"
     # a real (non-editable) install carries every subpackage and its data files
     site = next((root / "opt/edged/lib").glob("python3*/site-packages/edged"))
-    for sub in ("export", "inference", "models", "media", "schema"):
+    for sub in ("core", "api", "engine", "tools", "export", "pipeline", "service", "models",
+                "media"):
         assert (site / sub / "__init__.py").is_file(), sub
     for data in ("models/yolov3-tiny-416.yaml", "models/yolov3-tiny-416_int8.tflite",
                  "models/yolov3-tiny-416_int8_vela.tflite", "media/eagle.mp4",
-                 "schema/messages.schema.json"):
+                 "api/messages.schema.json"):
         assert (site / data).is_file(), data
     # the staged package itself runs (with the interpreter inside the staged venv)
     run = subprocess.run([str(root / "opt/edged/bin/python"), "-c",

@@ -58,7 +58,7 @@ from edged.models import DEFAULT_MODEL
 cfg = default_config()
 cv2.setNumThreads(1)  # as the daemon does
 engine = open_engine(DEFAULT_MODEL,
-                     EngineConfig(delegate="cpu", num_threads=cfg.inference.threads))
+                     EngineConfig(delegate="cpu", threads=cfg.inference.threads))
 print("timing: ready", flush=True)
 det = engine.detector
 cap = cv2.VideoCapture(str(SAMPLE_CLIP))

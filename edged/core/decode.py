@@ -72,30 +72,8 @@ def decode_yolo(raw: np.ndarray, anchors_px: np.ndarray, input_wh: tuple[int, in
     anchors_px: (A, 2) anchor (w, h) in network-input pixels for this head's mask.
     x = (col + sigmoid(tx)*s - (s-1)/2) / W, w = exp(tw) * anchor_w, score = sig(obj)*sig(cls).
     """
-    anchors_px = np.asarray(anchors_px, np.float32).reshape(-1, 2)
-    n_a = anchors_px.shape[0]
-    rows, h, w, _nc = _grid_view(raw, n_a)
-    idx = _objectness_survivors(rows, conf_threshold, quant)
-    if idx.size == 0:
-        return Detections.empty()
-    v = _dequant(rows[idx], quant)
-    cls_logit = v[:, 5:]
-    best = np.argmax(cls_logit, axis=1)
-    score = _sigmoid(v[:, 4]) * _sigmoid(cls_logit[np.arange(idx.size), best])
-    keep = score >= conf_threshold
-    if not keep.any():
-        return Detections.empty()
-    v, idx, best, score = v[keep], idx[keep], best[keep], score[keep]
-    cell, a = np.divmod(idx, n_a)
-    row, col = np.divmod(cell, w)
-    net_w, net_h = input_wh
-    half = (scale_x_y - 1.0) / 2.0
-    cx = (col + _sigmoid(v[:, 0]) * scale_x_y - half) * (net_w / w)
-    cy = (row + _sigmoid(v[:, 1]) * scale_x_y - half) * (net_h / h)
-    bw = np.exp(np.minimum(v[:, 2], 50.0)) * anchors_px[a, 0]
-    bh = np.exp(np.minimum(v[:, 3], 50.0)) * anchors_px[a, 1]
-    boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1)
-    return Detections(boxes.astype(np.float32), score.astype(np.float32), best.astype(np.int32))
+    return _decode_anchored(raw, np.asarray(anchors_px, np.float32).reshape(-1, 2), False,
+                            input_wh, conf_threshold, scale_x_y, quant, None, softmax=False)
 
 
 def decode_region(raw: np.ndarray, anchors_grid: np.ndarray, input_wh: tuple[int, int],
@@ -107,17 +85,29 @@ def decode_region(raw: np.ndarray, anchors_grid: np.ndarray, input_wh: tuple[int
     anchors_grid: (A, 2) in grid cells.
     x = (col + sigmoid(tx)) / W, w = exp(tw) * anchor_w / W, score = sig(obj) * softmax(cls).
     """
-    anchors_grid = np.asarray(anchors_grid, np.float32).reshape(-1, 2)
-    n_a = anchors_grid.shape[0]
+    return _decode_anchored(raw, np.asarray(anchors_grid, np.float32).reshape(-1, 2), True,
+                            input_wh, conf_threshold, 1.0, quant, grid, softmax=True)
+
+
+def _decode_anchored(raw: np.ndarray, anchors: np.ndarray, anchors_in_cells: bool,
+                     input_wh: tuple[int, int], conf_threshold: float, scale_x_y: float,
+                     quant: Quant | None, grid: tuple[int, int] | None,
+                     softmax: bool) -> Detections:
+    """The two anchored heads: [yolo] (sigmoid classes, anchors in pixels, ``scale_x_y``) and
+    [region] (softmax classes, anchors in grid cells)."""
+    n_a = anchors.shape[0]
     rows, h, w, _nc = _grid_view(raw, n_a, grid)
     idx = _objectness_survivors(rows, conf_threshold, quant)
     if idx.size == 0:
         return Detections.empty()
     v = _dequant(rows[idx], quant)
     logits = v[:, 5:]
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
     best = np.argmax(logits, axis=1)
-    prob = e[np.arange(idx.size), best] / e.sum(axis=1)
+    if softmax:
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        prob = e[np.arange(idx.size), best] / e.sum(axis=1)
+    else:
+        prob = _sigmoid(logits[np.arange(idx.size), best])
     score = _sigmoid(v[:, 4]) * prob
     keep = score >= conf_threshold
     if not keep.any():
@@ -127,10 +117,13 @@ def decode_region(raw: np.ndarray, anchors_grid: np.ndarray, input_wh: tuple[int
     row, col = np.divmod(cell, w)
     net_w, net_h = input_wh
     sx, sy = net_w / w, net_h / h
-    cx = (col + _sigmoid(v[:, 0])) * sx
-    cy = (row + _sigmoid(v[:, 1])) * sy
-    bw = np.exp(np.minimum(v[:, 2], 50.0)) * anchors_grid[a, 0] * sx
-    bh = np.exp(np.minimum(v[:, 3], 50.0)) * anchors_grid[a, 1] * sy
+    half = (scale_x_y - 1.0) / 2.0
+    cx = (col + _sigmoid(v[:, 0]) * scale_x_y - half) * sx
+    cy = (row + _sigmoid(v[:, 1]) * scale_x_y - half) * sy
+    bw = np.exp(np.minimum(v[:, 2], 50.0)) * anchors[a, 0]
+    bh = np.exp(np.minimum(v[:, 3], 50.0)) * anchors[a, 1]
+    if anchors_in_cells:
+        bw, bh = bw * sx, bh * sy
     boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1)
     return Detections(boxes.astype(np.float32), score.astype(np.float32), best.astype(np.int32))
 

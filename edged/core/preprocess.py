@@ -55,7 +55,8 @@ def letterbox_into(frame: np.ndarray, out: np.ndarray, pad_value: int,
     """Resize ``frame`` (H, W, 3) uint8 into ``out`` (net_h, net_w, 3) uint8, in place.
 
     ``swap_rb`` converts BGR (OpenCV's order) to RGB. The border is filled with ``pad_value``.
-    Bilinear resize, as darknet's letterbox does.
+    Bilinear resize, as darknet's letterbox does. ``out`` may be a view (an interpreter's input
+    tensor): the resized image is written into it directly, without an intermediate copy.
     """
     if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
         raise ValueError(f"frame must be (H, W, 3) uint8, got {frame.shape} {frame.dtype}")
@@ -63,15 +64,19 @@ def letterbox_into(frame: np.ndarray, out: np.ndarray, pad_value: int,
         raise ValueError(f"out must be (H, W, 3) uint8, got {out.shape} {out.dtype}")
     net_h, net_w = out.shape[:2]
     g = letterbox_geometry(frame.shape[1], frame.shape[0], net_w, net_h, stretch)
-    resized = cv2.resize(frame, (g.new_w, g.new_h), interpolation=cv2.INTER_LINEAR)
-    if swap_rb:
-        resized = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
     if g.new_w != net_w or g.new_h != net_h:
         out[: g.pad_y] = pad_value
         out[g.pad_y + g.new_h:] = pad_value
         out[:, : g.pad_x] = pad_value
         out[:, g.pad_x + g.new_w:] = pad_value
-    out[g.pad_y:g.pad_y + g.new_h, g.pad_x:g.pad_x + g.new_w] = resized
+    roi = out[g.pad_y:g.pad_y + g.new_h, g.pad_x:g.pad_x + g.new_w]
+    if swap_rb:  # the colour conversion is the pass that writes the result into place
+        resized = cv2.resize(frame, (g.new_w, g.new_h), interpolation=cv2.INTER_LINEAR)
+        written = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB, dst=roi)
+    else:
+        written = cv2.resize(frame, (g.new_w, g.new_h), dst=roi, interpolation=cv2.INTER_LINEAR)
+    if written is not roi:  # OpenCV could not use the view (it never happens for uint8 HWC)
+        roi[...] = written
     return g
 
 

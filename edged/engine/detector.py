@@ -1,19 +1,28 @@
 """Frame in, detections out: preprocess, invoke, decode heads, NMS, map back to the frame.
 
 Head tensors are matched to the sidecar's outputs by their grid shape, never by output order.
+
+The hot path copies as little as the runtime allows: the letterbox is written straight into the
+interpreter's input tensor (or, for inputs that are not raw pixels, converted into it through a
+256-entry table), and the heads are decoded from views of the output tensors. A view of the
+interpreter's memory must not outlive the call that made it: the runtime refuses to invoke (or
+reallocate) while one exists, so only the view *functions* (``interpreter.tensor(i)``) are kept.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from edged import sidecar
+from edged.config import DetectionConfig
 from edged.core.decode import Quant, decode_anchor_free, decode_region, decode_yolo
 from edged.core.nms import nms, select
 from edged.core.preprocess import Letterbox, letterbox_into
@@ -26,12 +35,27 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DetectParams:
-    conf_threshold: float = 0.25  # default minimum score
-    iou_threshold: float = 0.45
-    max_detections: int = 100
+    """The ``detection`` settings with labels turned into class ids (defaults: edged.config)."""
+
+    conf_threshold: float = DetectionConfig.conf_threshold  # default minimum score
+    iou_threshold: float = DetectionConfig.iou_threshold
+    max_detections: int = DetectionConfig.max_detections
     class_thresholds: Mapping[int, float] = field(default_factory=dict)  # class id -> min score
     allowed_classes: frozenset[int] | None = None  # None: every class
-    min_box_area: float = 0.0  # in source-frame pixels^2
+    min_box_area: float = DetectionConfig.min_box_area  # in source-frame pixels^2
+
+
+Decoder = Callable[[np.ndarray, float], Detections]  # (head tensor, conf threshold) -> candidates
+
+
+@dataclass(frozen=True)
+class _Filter:
+    """DetectParams as the hot path uses them, built once per params (not per frame)."""
+
+    conf: float  # the lowest threshold of any class: what the decoders keep
+    thresholds: np.ndarray | None  # (classes,) float32 min score per class
+    allowed: np.ndarray | None  # (classes,) bool
+    per_class: bool  # thresholds, allowed classes or a minimum box area to apply
 
 
 @dataclass(frozen=True)
@@ -71,12 +95,46 @@ class Detector:
             self._in_quant is None
             or (abs(self._in_quant[0] * 255 - 1) < 1e-6 and self._in_quant[1] == 0))
         self._pixels = np.empty((spec.input.height, spec.input.width, 3), np.uint8)
+        # Inputs that are not the raw pixels: uint8 pixel -> input value, through one table
+        # computed with the same float32 arithmetic a whole frame used to go through.
+        self._lut = None if self._raw_pixels_in else self._input_table()
         self._outputs = self._match_outputs()
+        interp = self.interpreter
+        self._input_view: Callable[[], np.ndarray] = interp.tensor(int(self._in["index"]))
+        # The decoder of each head, chosen once: (output view function, decoder).
+        self._heads: list[tuple[Callable[[], np.ndarray], Decoder]] = [
+            (interp.tensor(o.index), self._decoder(o)) for o in self._outputs]
+        self._filter: tuple[DetectParams, _Filter] | None = None
+
+    def _input_table(self) -> np.ndarray:
+        """(256,) of the input dtype: the network's input value for each pixel value."""
+        v = np.arange(256, dtype=np.uint8).astype(np.float32)
+        if self._in_dtype == np.float32:
+            scaled: np.ndarray = v * np.float32(1 / 255)
+            return scaled
+        # quantized input with other parameters (e.g. int8): quantize x/255
+        scale, zp = self._in_quant or (1 / 255, 0)
+        q = np.round(v / (255 * scale)) + zp
+        info = np.iinfo(self._in_dtype)
+        table: np.ndarray = np.clip(q, info.min, info.max).astype(self._in_dtype)
+        return table
+
+    def _decoder(self, out: _Output) -> Decoder:
+        head, wh = self.spec.head, self.input_size
+        if head.type == "yolo":
+            return partial(_call_yolo, anchors=out.anchors, input_wh=wh,
+                           scale_x_y=out.spec.scale_x_y, quant=out.quant)
+        if head.type == "region":
+            return partial(_call_region, anchors=out.anchors, input_wh=wh, quant=out.quant,
+                           grid=out.spec.grid)
+        return partial(_call_anchor_free, classes=head.classes, input_wh=wh, quant=out.quant)
 
     def close(self) -> None:
         """Drop the interpreter (and with it the delegate and its buffers). The detector is
         unusable afterwards; the worker closes a replaced engine only after its last frame."""
         self.interpreter = None
+        self._heads = []  # the view functions hold the interpreter too
+        self._input_view = _closed
 
     def _match_outputs(self) -> list[_Output]:
         """Pair each sidecar output with the one tensor of a fitting shape (order ignored)."""
@@ -114,7 +172,11 @@ class Detector:
 
     @property
     def pixels(self) -> np.ndarray:
-        """The last letterboxed frame, (net_h, net_w, 3) uint8 in the network's colour order."""
+        """The last letterboxed frame, (net_h, net_w, 3) uint8 in the network's colour order
+        (a copy when the input tensor holds the pixels themselves)."""
+        if self._lut is None:
+            pixels: np.ndarray = self._input_view()[0].copy()
+            return pixels
         return self._pixels
 
     @property
@@ -129,51 +191,49 @@ class Detector:
     def preprocess(self, frame_bgr: np.ndarray) -> Letterbox:
         """Letterbox ``frame_bgr`` into the interpreter's input tensor."""
         s = self.spec.input
+        tensor = self._input_view()[0]  # (H, W, C): released when this call returns
+        if self._lut is None:  # raw pixels: the letterbox is written into the tensor itself
+            return letterbox_into(frame_bgr, tensor, s.pad_value, swap_rb=s.color == "RGB",
+                                  stretch=s.resize == "stretch")
         geom = letterbox_into(frame_bgr, self._pixels, s.pad_value, swap_rb=s.color == "RGB",
                               stretch=s.resize == "stretch")
-        if self._raw_pixels_in:
-            tensor = self._pixels
-        elif self._in_dtype == np.float32:
-            tensor = self._pixels.astype(np.float32) * np.float32(1 / 255)
-        else:  # quantized input with other parameters (e.g. int8): quantize x/255
-            scale, zp = self._in_quant or (1 / 255, 0)
-            q = np.round(self._pixels.astype(np.float32) / (255 * scale)) + zp
-            info = np.iinfo(self._in_dtype)
-            tensor = np.clip(q, info.min, info.max).astype(self._in_dtype)
-        self.interpreter.set_tensor(self._in["index"], tensor[None])
+        if cv2.LUT(self._pixels, self._lut, dst=tensor) is not tensor:  # OpenCV reallocated
+            tensor[...] = cv2.LUT(self._pixels, self._lut)
         return geom
 
     def invoke(self) -> None:
         self.interpreter.invoke()
 
     def postprocess(self, geom: Letterbox, params: DetectParams) -> Detections:
-        """Decode every head, filter, NMS, and map boxes to the source frame (clipped)."""
-        head = self.spec.head
-        conf = params.conf_threshold
-        if params.class_thresholds:
-            conf = min(conf, *params.class_thresholds.values())
-        parts = []
-        for out in self._outputs:
-            raw = self.interpreter.get_tensor(out.index)
-            if head.type == "yolo":
-                parts.append(decode_yolo(raw, out.anchors, self.input_size, conf,
-                                         out.spec.scale_x_y, out.quant))
-            elif head.type == "region":
-                parts.append(decode_region(raw, out.anchors, self.input_size, conf, out.quant,
-                                           out.spec.grid))
-            else:
-                parts.append(decode_anchor_free(raw, head.classes, self.input_size, conf,
-                                                out.quant))
+        """Decode every head, filter, NMS, and map boxes to the source frame (clipped).
+
+        Reads the output tensors in place: call it after invoke() and before the next one."""
+        f = self._filter_for(params)
+        parts = [decode(view(), f.conf) for view, decode in self._heads]
         dets = Detections.concat(parts) if len(parts) > 1 else parts[0]
-        if len(dets) and (params.class_thresholds or params.allowed_classes is not None
-                          or params.min_box_area > 0):
-            dets = dets.take(select(dets.boxes, dets.scores, dets.class_ids,
-                                    self._thresholds(params), self._allowed(params),
+        if len(dets) and f.per_class:
+            dets = dets.take(select(dets.boxes, dets.scores, dets.class_ids, f.thresholds,
+                                    f.allowed,
                                     params.min_box_area * geom.scale_x * geom.scale_y))
+        head = self.spec.head
         keep = nms(dets.boxes, dets.scores, dets.class_ids, params.iou_threshold,
                    params.max_detections, head.nms, head.nms_beta)
         dets = dets.take(keep)
         return Detections(geom.to_source(dets.boxes), dets.scores, dets.class_ids)
+
+    def _filter_for(self, params: DetectParams) -> _Filter:
+        """``params`` as arrays, built again only when they change (a reload)."""
+        cached = self._filter
+        if cached is not None and (cached[0] is params or cached[0] == params):
+            return cached[1]
+        conf = params.conf_threshold
+        if params.class_thresholds:
+            conf = min(conf, *params.class_thresholds.values())
+        f = _Filter(conf, self._thresholds(params), self._allowed(params),
+                    bool(params.class_thresholds or params.allowed_classes is not None
+                         or params.min_box_area > 0))
+        self._filter = (params, f)
+        return f
 
     def _thresholds(self, params: DetectParams) -> np.ndarray | None:
         if not params.class_thresholds:
@@ -195,3 +255,23 @@ class Detector:
         self.invoke()
         return self.postprocess(geom, params)
 
+
+def _closed() -> np.ndarray:
+    raise RuntimeError("the detector was closed")
+
+
+# The decoders with their arguments in the order functools.partial binds them (per head, once).
+def _call_yolo(raw: np.ndarray, conf: float, *, anchors: np.ndarray, input_wh: tuple[int, int],
+               scale_x_y: float, quant: Quant | None) -> Detections:
+    return decode_yolo(raw, anchors, input_wh, conf, scale_x_y, quant)
+
+
+def _call_region(raw: np.ndarray, conf: float, *, anchors: np.ndarray,
+                 input_wh: tuple[int, int], quant: Quant | None,
+                 grid: tuple[int, int]) -> Detections:
+    return decode_region(raw, anchors, input_wh, conf, quant, grid)
+
+
+def _call_anchor_free(raw: np.ndarray, conf: float, *, classes: int, input_wh: tuple[int, int],
+                      quant: Quant | None) -> Detections:
+    return decode_anchor_free(raw, classes, input_wh, conf, quant)

@@ -15,24 +15,25 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edged import sidecar
+from edged.config import InferenceConfig
 from edged.engine.detector import Detector
 from edged.engine.platform import IMX8MP, IMX93, Soc, detect_soc
 from edged.engine.probe import probe_in_child
 from edged.engine.runtime import Runtime, load_runtime
 from edged.errors import EXIT_NO_ACCELERATOR, EdgedError, ModelError, UsageError, first_line
+from edged.spec import Invalid, declared
 
 logger = logging.getLogger(__name__)
 
-BUILTIN_DELEGATES = ("auto", "vx", "ethosu", "cpu", "xnnpack")
 VX_LIBRARY = "/usr/lib/libvx_delegate.so"
 ETHOSU_LIBRARY = "/usr/lib/libethosu_delegate.so"
 
@@ -44,30 +45,27 @@ class AcceleratorUnavailable(EdgedError):
 
 
 @dataclass(frozen=True)
-class EngineConfig:
-    delegate: str = "auto"  # auto | vx | ethosu | cpu | xnnpack | /path/to/delegate.so
-    delegate_options: Mapping[str, Any] = field(default_factory=dict)
-    require_accelerator: bool = False
-    runtime: str = "auto"
-    num_threads: int = 2
-    cache_dir: Path | None = None  # NPU graph caches (VX cache file, Ethos-U cache dir)
+class EngineConfig(InferenceConfig):
+    """The ``inference`` settings (declared in edged.config) and where the board keeps its
+    parts (tests point these at fakes)."""
+
     vx_library: str = VX_LIBRARY
     ethosu_library: str = ETHOSU_LIBRARY
     ethosu_device: str = "/dev/ethosu0"
     sysfs_root: Path = Path("/")
     warmup: bool = True
-    # Try an accelerator delegate in a child process first (crash/hang -> fallback, not death).
-    probe: bool = False
-    probe_timeout_s: float = 300.0
+
+    @classmethod
+    def of(cls, inference: InferenceConfig, **board: Any) -> EngineConfig:
+        """The config file's ``inference`` section, with ``board`` overriding the parts."""
+        return cls(**{f.name: getattr(inference, f.name) for f in fields(inference)}, **board)
 
     def __post_init__(self) -> None:
-        if self.delegate not in BUILTIN_DELEGATES and "/" not in self.delegate \
-                and not self.delegate.endswith(".so"):
-            raise UsageError(
-                f"delegate must be one of {', '.join(BUILTIN_DELEGATES)} or a path to a "
-                f"delegate .so, got {self.delegate!r}")
-        if self.num_threads < 1:
-            raise UsageError(f"num_threads must be >= 1, got {self.num_threads}")
+        for name in ("delegate", "runtime", "threads"):
+            try:
+                declared(InferenceConfig, name).metadata["check"](getattr(self, name))
+            except Invalid as e:
+                raise UsageError(f"{name}: {e.msg}") from None
 
 
 @dataclass(frozen=True)
@@ -179,9 +177,9 @@ def _try_accelerator(att: _Attempt, spec: sidecar.ModelSpec, runtime: Runtime,
         # checked first: load_delegate on a missing file also spews a __del__ traceback
         return None, f"delegate library {att.library} not found", 0.0
     probe_s = 0.0
-    if cfg.probe:
+    if cfg.probe_delegate:
         t0 = time.monotonic()
-        why = probe_in_child(runtime.name, att.library, att.options, model, cfg.num_threads,
+        why = probe_in_child(runtime.name, att.library, att.options, model, cfg.threads,
                              cfg.probe_timeout_s, cancel)
         if why is not None:
             return None, why, 0.0
@@ -203,7 +201,7 @@ def _build_with_delegate(att: _Attempt, spec: sidecar.ModelSpec, runtime: Runtim
         msg = first_line(e)
         return None, f"cannot load delegate {att.library}: {msg}", 0.0
     try:
-        det = Detector(spec, model, cfg.num_threads, runtime, [delegate])
+        det = Detector(spec, model, cfg.threads, runtime, [delegate])
     except ModelError as e:
         return None, f"{att.backend} delegate cannot run {model.name}: {e}", 0.0
     if not cfg.warmup:
@@ -239,6 +237,6 @@ def open_engine(sidecar_path: Path, cfg: EngineConfig,
             "selects the CPU")
     cpu = spec.variant_path("cpu")
     assert cpu is not None  # the sidecar loader requires variants.cpu
-    det = Detector(spec, cpu, cfg.num_threads, runtime)
+    det = Detector(spec, cpu, cfg.threads, runtime)
     ms = _warm_up(det) if cfg.warmup else 0.0
     return Engine(det, "cpu", runtime.name, soc, reason, ms)

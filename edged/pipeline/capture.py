@@ -15,7 +15,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -23,13 +22,12 @@ import cv2
 import numpy as np
 
 from edged._native import native_lines
+from edged.config import CameraConfig, classify_source
 from edged.errors import ConfigError
+from edged.pipeline.slot import Frame, LatestFrameSlot
 from edged.pipeline.stage import StageThread
 
 logger = logging.getLogger(__name__)
-
-_URL_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://")
-
 
 MAX_OPEN_MS = 10_000  # a network source's open (connect, DESCRIBE, SETUP, PLAY) at most
 _OPEN_LOCK = threading.Lock()  # one source open at a time (see CaptureThread._run)
@@ -42,18 +40,6 @@ def shown(text: str) -> str:
     return _USERINFO.sub(r"\1:***@", text)
 
 
-def classify_source(source: str) -> str:
-    """``v4l2`` | ``gstreamer`` | ``url`` | ``file``."""
-    s = source.strip()
-    if (s.isascii() and s.isdigit()) or s.startswith("/dev/video"):
-        return "v4l2"
-    if s.startswith("gst:") or " ! " in s:
-        return "gstreamer"
-    if s.lower().startswith(_URL_SCHEMES):
-        return "url"
-    return "file"
-
-
 def opencv_has_gstreamer() -> bool:
     info = cv2.getBuildInformation()
     for line in info.splitlines():
@@ -62,60 +48,7 @@ def opencv_has_gstreamer() -> bool:
     return False
 
 
-@dataclass(frozen=True)
-class Frame:
-    image: np.ndarray  # (H, W, 3) uint8 BGR
-    seq: int  # capture sequence number, from 0, across reconnects
-    ts_ns: int  # wall clock at grab (time.time_ns)
-    mono_ns: int  # monotonic clock at grab (time.monotonic_ns)
-
-
-class LatestFrameSlot:
-    """A size-1 hand-off: the newest frame replaces an unconsumed one (counted as dropped)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._frame: Frame | None = None
-        self.dropped = 0
-
-    def put(self, frame: Frame) -> None:
-        with self._cond:
-            if self._frame is not None:
-                self.dropped += 1
-            self._frame = frame
-            self._cond.notify()
-
-    def wait_taken(self, timeout_s: float) -> bool:
-        """Wait until the slot is empty (the last frame was taken); True if it is."""
-        with self._cond:
-            if self._frame is not None:
-                self._cond.wait_for(lambda: self._frame is None, timeout_s)
-            return self._frame is None
-
-    def get(self, timeout_s: float) -> Frame | None:
-        """The newest frame, waiting up to ``timeout_s``; None on timeout."""
-        with self._cond:
-            if self._frame is None:
-                self._cond.wait(timeout_s)
-            frame, self._frame = self._frame, None
-            self._cond.notify_all()
-            return frame
-
-
-@dataclass(frozen=True)
-class SourceSpec:
-    source: str
-    width: int | None = None
-    height: int | None = None
-    fps_limit: float | None = None
-    loop: bool = True
-    realtime: bool = True
-    stall_timeout_s: float = 5.0
-    reconnect_initial_s: float = 0.5
-    reconnect_max_s: float = 30.0
-
-
-def _open(spec: SourceSpec) -> cv2.VideoCapture:
+def _open(spec: CameraConfig) -> cv2.VideoCapture:
     kind = classify_source(spec.source)
     if kind == "gstreamer":
         if not opencv_has_gstreamer():
@@ -217,7 +150,7 @@ def _why_path(path: str, what: str) -> str:
     return f"cannot open {path} (busy, or not a capture device)"
 
 
-def why_cannot_open(spec: SourceSpec, native: Sequence[str] = (),
+def why_cannot_open(spec: CameraConfig, native: Sequence[str] = (),
                     stop: threading.Event | None = None) -> str:
     """Why ``spec.source`` did not open, found out cheaply: the reason reported in status
     instead of a bare "cannot open".
@@ -261,7 +194,7 @@ class CaptureThread(StageThread):
     configured size when one is set for a camera/stream (the size detections refer to).
     """
 
-    def __init__(self, spec: SourceSpec, slot: LatestFrameSlot,
+    def __init__(self, spec: CameraConfig, slot: LatestFrameSlot,
                  on_state: Callable[[bool, str], None]) -> None:
         # A daemon thread, against our own rule, for one reason: a read() blocked inside FFmpeg
         # or V4L2 cannot be interrupted, and must not hold the process past a 2 s SIGTERM stop.
@@ -270,7 +203,6 @@ class CaptureThread(StageThread):
         self.spec = spec
         self.slot = slot
         self._on_state = on_state
-        self.frames = 0  # frames put into the slot
         self.reconnects = 0
         self._seq = 0
         self._up: bool | None = None
@@ -374,9 +306,13 @@ class CaptureThread(StageThread):
         while not self._stop.is_set():
             if backpressure and not self.slot.wait_taken(0.2):
                 continue
-            ok, image = cap.read()
-            now = time.monotonic()
-            if not ok or image is None or image.size == 0:
+            # The capture time is the grab's: before decoding/colour conversion (retrieve),
+            # resizing and pacing, so latency_ms and a subscriber's age of a frame include them.
+            ok = cap.grab()
+            mono_ns, ts_ns = time.monotonic_ns(), time.time_ns()
+            image = cap.retrieve()[1] if ok else None
+            now = mono_ns / 1e9
+            if image is None or image.size == 0:
                 if not is_file:
                     return "read failed or timed out"
                 if not self.spec.loop:
@@ -401,13 +337,18 @@ class CaptureThread(StageThread):
                 if delay > 0:
                     if self._stop.wait(delay):
                         break
+                    # a paced file's frame is "grabbed" when it is released, as a camera's
+                    waited_ns = time.monotonic_ns() - mono_ns
+                    mono_ns, ts_ns, now = mono_ns + waited_ns, ts_ns + waited_ns, \
+                        now + waited_ns / 1e9
                 else:
                     next_due = time.monotonic()
             if min_gap and now - last_put < min_gap:
                 continue
+            if self._stop.is_set():
+                break  # replaced by a reload during the read: its frames count nowhere
             last_put = now
-            frame = Frame(image, self._seq, time.time_ns(), time.monotonic_ns())
+            frame = Frame(image, self._seq, ts_ns, mono_ns)
             self._seq += 1
-            self.frames += 1
             self.slot.put(frame)
         return "stopped"

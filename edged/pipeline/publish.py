@@ -25,7 +25,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
-from edged.api.messages import encode, topic
+from edged.api.messages import DetMessage, Message, StatusMessage, encode
 from edged.config import CurveConfig, PublishConfig
 from edged.errors import ConfigError, EdgedError, first_line
 from edged.pipeline.stage import StageThread
@@ -159,7 +159,7 @@ def _check_ipc_path(path: str, where: str) -> None:
 
 class Publisher(StageThread):
     def __init__(self, cfg: PublishConfig, camera: str,
-                 status_fn: Callable[[], dict[str, Any]]) -> None:
+                 status_fn: Callable[[], StatusMessage]) -> None:
         # A daemon thread: a peer flood can keep libzmq busy inside send() for long; the
         # process must still exit within 2 s of SIGTERM (the join below gives up, and an
         # unfinished thread does not hold the interpreter).
@@ -167,10 +167,8 @@ class Publisher(StageThread):
         self.cfg = cfg
         self.camera = camera
         self._status_fn = status_fn
-        self._det_topic = topic("det", camera)
-        self._status_topic = topic("status", camera)
-        self._queue: queue.Queue[dict[str, Any]] = queue.Queue(QUEUE_SIZE)
-        self._status_queue: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        self._queue: queue.Queue[DetMessage] = queue.Queue(QUEUE_SIZE)
+        self._status_queue: queue.SimpleQueue[StatusMessage] = queue.SimpleQueue()
         self._ctx = zmq.Context()
         self._sock: zmq.Socket[bytes] | None = None
         self._auth: ThreadAuthenticator | None = None
@@ -371,9 +369,7 @@ class Publisher(StageThread):
                 if ep.startswith("ipc://"):
                     os.chmod(ep[6:], new.ipc_mode)
         if camera != self.camera:
-            self.camera = camera
-            self._det_topic = topic("det", camera)
-            self._status_topic = topic("status", camera)
+            self.camera = camera  # topics come from each message's camera
             changes.append(f"topics for camera {camera}")
         self.cfg = new
         return changes
@@ -418,7 +414,7 @@ class Publisher(StageThread):
         return closed
 
     # --- producer side (any thread) ---------------------------------------------------------
-    def submit(self, message: dict[str, Any]) -> None:
+    def submit(self, message: DetMessage) -> None:
         """Queue a det message; never blocks. When full, the oldest queued one is dropped."""
         while True:
             try:
@@ -431,7 +427,7 @@ class Publisher(StageThread):
                 except queue.Empty:
                     pass
 
-    def send_status(self, message: dict[str, Any]) -> None:
+    def send_status(self, message: StatusMessage) -> None:
         """Publish this status snapshot (taken at a state change) as soon as possible."""
         self._status_queue.put(message)
 
@@ -441,7 +437,7 @@ class Publisher(StageThread):
             raise EdgedError("Publisher.start() before bind()")
         super().start()
 
-    def _send(self, t: bytes, message: dict[str, Any]) -> None:
+    def _send(self, message: Message) -> None:
         assert self._sock is not None
         try:
             payload = encode(message)
@@ -455,10 +451,10 @@ class Publisher(StageThread):
                              "only counted (status: publish_dropped)", first_line(e))
             return
         with contextlib.suppress(zmq.Again):  # PUB drops at HWM by itself; never block here
-            self._sock.send_multipart([t, payload], flags=zmq.NOBLOCK)
+            self._sock.send_multipart([message.topic.encode(), payload], flags=zmq.NOBLOCK)
 
-    def _send_status(self, message: dict[str, Any] | None = None) -> None:
-        self._send(self._status_topic, message if message is not None else self._status_fn())
+    def _send_status(self, message: StatusMessage | None = None) -> None:
+        self._send(message if message is not None else self._status_fn())
 
     def _serve(self) -> None:
         assert self._sock is not None
@@ -483,7 +479,7 @@ class Publisher(StageThread):
                 msg = self._queue.get(timeout=min(0.05, max(next_status - time.monotonic(), 0)))
             except queue.Empty:
                 continue
-            self._send(self._det_topic, msg)
+            self._send(msg)
         self._run_commands()  # nobody waits forever on a command sent while stopping
         while not self._status_queue.empty():
             self._send_status(self._status_queue.get_nowait())

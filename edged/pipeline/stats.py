@@ -1,46 +1,118 @@
-"""Pipeline counters and rolling latency percentiles, shared by the worker and the status."""
+"""The pipeline's counters, in one place: frames in, dropped, out, rolling rates and latencies.
+
+One owner for each count: the latest-frame slot reports every frame handed to it and every
+frame it replaced (:meth:`PipelineStats.frame_in`), the inference worker every frame it finished
+(:meth:`PipelineStats.record`). The service outlives captures and slots replaced by a reload, so
+the counts run since start without any bookkeeping there. Messages the publisher drops are the
+publisher's own count (``Publisher.dropped``).
+
+Reading is free of side effects: :meth:`PipelineStats.snapshot` may be called from any thread as
+often as wanted (a status on every state change does not skew the next one's rate).
+"""
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
-STAGES = ("preprocess", "inference", "postprocess", "total")
+from edged.api.messages import STAGES, Latency, Percentiles
+
+RATE_WINDOW_S = 2.0  # fps is averaged over the frames of the last this many seconds
+MAX_RATE_SAMPLES = 1024  # timestamps kept per rate (beyond 512 fps the window gets shorter)
+LATENCY_WINDOW = 200  # frames the latency percentiles are taken over
+
+
+@dataclass(frozen=True)
+class StatsSnapshot:
+    """The counters at one moment. Rates in frames per second over the recent window;
+    ``latency_ms``: stage -> percentiles over the last frames (stages with no frame yet are
+    absent)."""
+
+    frames_in: int
+    frames_dropped: int
+    frames_out: int
+    fps_in: float
+    fps_out: float
+    latency_ms: dict[str, Percentiles]
+
+
+def _rate(stamps: tuple[float, ...], now: float, since: float, window_s: float) -> float:
+    """Frames per second over the last ``window_s`` (shorter right after ``since``, the start,
+    or when ``stamps``, a bounded history, does not reach back that far)."""
+    if not stamps:
+        return 0.0
+    first = bisect.bisect_right(stamps, now - window_s)
+    n = len(stamps) - first
+    span = window_s
+    if first == 0:  # no older stamp: the history may not cover the whole window
+        span = min(window_s, now - (stamps[0] if len(stamps) == MAX_RATE_SAMPLES else since))
+    return n / span if span > 0 else 0.0
 
 
 class PipelineStats:
-    """Thread-safe: the worker records, the publisher's status callback reads."""
+    """Thread-safe: capture threads and the worker count, anyone reads a snapshot.
 
-    def __init__(self, window: int = 200) -> None:
+    ``clock``: monotonic seconds (a test may pass its own)."""
+
+    def __init__(self, window: int = LATENCY_WINDOW, rate_window_s: float = RATE_WINDOW_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if window < 1 or rate_window_s <= 0:
+            raise ValueError(f"window must be >= 1 and rate_window_s > 0, got {window}, "
+                             f"{rate_window_s}")
         self._lock = threading.Lock()
-        self._lat = {s: deque[float](maxlen=window) for s in STAGES}
-        self.frames_out = 0
-        self._rate_mark = (time.monotonic(), 0, 0)  # (t, frames_in, frames_out)
+        self._clock = clock
+        self._started = clock()
+        self._rate_window_s = rate_window_s
+        self._latency = deque[Latency](maxlen=window)
+        self._in_stamps = deque[float](maxlen=MAX_RATE_SAMPLES)
+        self._out_stamps = deque[float](maxlen=MAX_RATE_SAMPLES)
+        self._frames_in = 0
+        self._frames_dropped = 0
+        self._frames_out = 0
 
-    def record(self, latency_ms: dict[str, float]) -> None:
+    # --- counting (the owners) --------------------------------------------------------------
+    def frame_in(self, replaced: bool) -> None:
+        """A frame was handed to a slot; ``replaced``: it replaced one nobody had taken."""
+        now = self._clock()
         with self._lock:
-            for s in STAGES:
-                self._lat[s].append(latency_ms[s])
-            self.frames_out += 1
+            self._frames_in += 1
+            self._frames_dropped += replaced
+            self._in_stamps.append(now)
 
-    def percentiles(self) -> dict[str, dict[str, float]]:
+    def record(self, latency: Latency) -> None:
+        """A frame was inferred, taking ``latency``."""
+        now = self._clock()
         with self._lock:
-            out = {}
-            for s, d in self._lat.items():
-                if d:
-                    p = np.percentile(np.fromiter(d, float), [50, 90, 99])
-                    out[s] = {"p50": round(float(p[0]), 3), "p90": round(float(p[1]), 3),
-                              "p99": round(float(p[2]), 3)}
-            return out
+            self._latency.append(latency)
+            self._frames_out += 1
+            self._out_stamps.append(now)
 
-    def rates(self, frames_in: int) -> tuple[float, float]:
-        """(fps in, fps out) since the previous call."""
+    # --- reading (anyone, no side effects) --------------------------------------------------
+    @property
+    def frames_out(self) -> int:
+        return self._frames_out
+
+    def snapshot(self) -> StatsSnapshot:
+        now = self._clock()
         with self._lock:
-            now = time.monotonic()
-            t0, in0, out0 = self._rate_mark
-            self._rate_mark = (now, frames_in, self.frames_out)
-            dt = max(now - t0, 1e-6)
-            return max(frames_in - in0, 0) / dt, (self.frames_out - out0) / dt
+            ins, outs = tuple(self._in_stamps), tuple(self._out_stamps)
+            lat = list(self._latency)
+            counts = self._frames_in, self._frames_dropped, self._frames_out
+        w = self._rate_window_s
+        return StatsSnapshot(*counts, fps_in=_rate(ins, now, self._started, w),
+                             fps_out=_rate(outs, now, self._started, w),
+                             latency_ms=_percentiles(lat))
+
+
+def _percentiles(lat: list[Latency]) -> dict[str, Percentiles]:
+    if not lat:
+        return {}
+    table = np.array([[getattr(x, s) for s in STAGES] for x in lat], np.float64)
+    p = np.percentile(table, [50, 90, 99], axis=0)  # (3, stages)
+    return {s: Percentiles(*(round(float(x), 3) for x in p[:, i])) for i, s in enumerate(STAGES)}

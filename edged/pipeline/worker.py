@@ -1,22 +1,26 @@
 """The inference worker: newest frame → preprocess → invoke → decode+NMS → det message.
 
 The engine and the detection parameters can be swapped at any time (SIGHUP); the swap takes
-effect at the next frame boundary, so the stream is never interrupted.
+effect at the next frame boundary, so the stream is never interrupted. What a reload can change
+is one immutable :class:`WorkerSettings`, replaced whole by a single attribute assignment and
+read once per frame: the frame loop takes no lock.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
 
-from edged.api.messages import det_message, detection_dicts
+from edged.api.messages import DetMessage, FrameSize, Latency, detections_of
 from edged.config import DetectionConfig
 from edged.engine.detector import DetectParams
 from edged.engine.engine import Engine
-from edged.pipeline.capture import LatestFrameSlot
+from edged.pipeline.slot import Frame, LatestFrameSlot
 from edged.pipeline.stage import StageThread
 from edged.pipeline.stats import PipelineStats
 
@@ -35,93 +39,103 @@ def detect_params(cfg: DetectionConfig, labels: Sequence[str]) -> DetectParams:
         min_box_area=cfg.min_box_area)
 
 
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Everything the worker uses for a frame that only a reload changes."""
+
+    engine: Engine
+    slot: LatestFrameSlot  # where frames come from (a new one per new capture)
+    params: DetectParams
+    publish: Callable[[DetMessage], None]
+    camera: str
+    empty_frames: bool  # publish frames without detections too
+
+
 class InferenceWorker(StageThread):
     def __init__(self, engine: Engine, slot: LatestFrameSlot, params: DetectParams,
-                 publish: Callable[[dict[str, Any]], None], stats: PipelineStats, camera: str,
-                 empty_frames: bool = True, hang_after: int | None = None) -> None:
-        self._engine = engine
-        self._params = params
-        self._slot = slot
-        self._publish = publish
+                 publish: Callable[[DetMessage], None], stats: PipelineStats, camera: str,
+                 empty_frames: bool = True) -> None:
+        # A daemon thread, against our own rule, for the capture thread's reason: an invoke
+        # stuck inside a wedged accelerator driver cannot be interrupted, and must not hold the
+        # process past a bounded SIGTERM stop (the service joins this thread with a timeout;
+        # the systemd watchdog catches the stuck invoke before that).
+        super().__init__("edged-inference", daemon=True)
+        self._settings = WorkerSettings(engine, slot, params, publish, camera, empty_frames)
         self._stats = stats
-        self._camera = camera
-        self._empty_frames = empty_frames
-        super().__init__("edged-inference")
-        self._lock = threading.Lock()
+        self._swap_lock = threading.Lock()  # between writers only; the frame loop never takes it
         self._seq = 0
-        self._retired: list[Engine] = []
+        # Engines replaced by set_engine, closed by this thread between frames (never under a
+        # running invoke). deque: append and popleft are atomic.
+        self._retired = deque[Engine]()
         self.busy_since_mono: float | None = None  # set while a frame is processed (watchdog)
         self.error: BaseException | None = None
-        self._hang_after = hang_after  # test-only fault: block forever after N frames
+
+    @property
+    def settings(self) -> WorkerSettings:
+        return self._settings
 
     @property
     def engine(self) -> Engine:
-        return self._engine
+        return self._settings.engine
+
+    def _replace(self, **changes: object) -> WorkerSettings:
+        """Swap in new settings (one assignment: the worker sees the old or the new object)."""
+        with self._swap_lock:
+            old = self._settings
+            self._settings = dataclasses.replace(old, **changes)  # type: ignore[arg-type]
+            return old
 
     def set_engine(self, engine: Engine) -> None:
         """Use ``engine`` from the next frame on; the replaced one is closed by this thread
         after its last frame (never under a running invoke)."""
-        with self._lock:
-            if self._engine is not engine:
-                self._retired.append(self._engine)
-            self._engine = engine
+        old = self._replace(engine=engine)
+        if old.engine is not engine:  # retired only once no new frame can pick it up
+            self._retired.append(old.engine)
 
     def set_slot(self, slot: LatestFrameSlot) -> None:
         """Take frames from ``slot`` from now on (a new capture after a reload): a capture
         thread that has not ended yet keeps filling its old slot, which nobody reads."""
-        with self._lock:
-            self._slot = slot
+        self._replace(slot=slot)
 
     def set_params(self, params: DetectParams, empty_frames: bool) -> None:
-        with self._lock:
-            self._params = params
-            self._empty_frames = empty_frames
+        self._replace(params=params, empty_frames=empty_frames)
 
-    def set_output(self, publish: Callable[[dict[str, Any]], None], camera: str) -> None:
-        with self._lock:
-            self._publish = publish
-            self._camera = camera
+    def set_output(self, publish: Callable[[DetMessage], None], camera: str) -> None:
+        self._replace(publish=publish, camera=camera)
 
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                with self._lock:
-                    slot, retired, self._retired = self._slot, self._retired, []
-                for old in retired:
-                    old.close()
-                frame = slot.get(0.1)
+                while self._retired:  # before the settings are read: never a retired engine
+                    self._retired.popleft().close()
+                frame = self._settings.slot.get(0.1)
                 if frame is None:
                     continue
-                with self._lock:
-                    engine, params, empty = self._engine, self._params, self._empty_frames
-                    publish, camera = self._publish, self._camera
-                det = engine.detector
-                self.busy_since_mono = time.monotonic()
-                if self._hang_after is not None and self._stats.frames_out >= self._hang_after:
-                    logger.warning("test fault: inference hangs now (EDGED_TEST_FAULT)")
-                    self._stop.wait()  # a stuck NPU driver, but one SIGTERM can still end
-                    break
-                t0 = time.perf_counter()
-                geom = det.preprocess(frame.image)
-                t1 = time.perf_counter()
-                det.invoke()
-                t2 = time.perf_counter()
-                dets = det.postprocess(geom, params)
-                t3 = time.perf_counter()
-                self.busy_since_mono = None
-                lat = {"preprocess": round((t1 - t0) * 1e3, 3),
-                       "inference": round((t2 - t1) * 1e3, 3),
-                       "postprocess": round((t3 - t2) * 1e3, 3),
-                       "total": round((t3 - t0) * 1e3, 3)}
-                self._stats.record(lat)
-                if not len(dets) and not empty:
-                    continue
-                h, w = frame.image.shape[:2]
-                publish(det_message(
-                    camera=camera, seq=self._seq, frame_seq=frame.seq, ts_ns=frame.ts_ns,
-                    width=w, height=h, model=engine.model_name, backend=engine.backend,
-                    latency_ms=lat, detections=detection_dicts(dets, det.spec.labels, w, h)))
-                self._seq += 1
+                s = self._settings  # once per frame: a swap while waiting applies to it
+                self._infer(frame, s)
         except BaseException as e:  # surfaced by the service, which stops with exit 1
             logger.exception("inference worker failed")
             self.error = e
+
+    def _infer(self, frame: Frame, s: WorkerSettings) -> None:
+        det = s.engine.detector
+        self.busy_since_mono = time.monotonic()
+        t0 = time.perf_counter()
+        geom = det.preprocess(frame.image)
+        t1 = time.perf_counter()
+        det.invoke()
+        t2 = time.perf_counter()
+        dets = det.postprocess(geom, s.params)
+        t3 = time.perf_counter()
+        self.busy_since_mono = None
+        lat = Latency(round((t1 - t0) * 1e3, 3), round((t2 - t1) * 1e3, 3),
+                      round((t3 - t2) * 1e3, 3), round((t3 - t0) * 1e3, 3))
+        self._stats.record(lat)
+        if not len(dets) and not s.empty_frames:
+            return
+        h, w = frame.image.shape[:2]
+        s.publish(DetMessage(
+            s.camera, self._seq, frame.seq, frame.ts_ns, FrameSize(w, h),
+            s.engine.model_name, s.engine.backend, lat,
+            detections_of(dets, det.spec.labels, w, h)))
+        self._seq += 1

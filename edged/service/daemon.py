@@ -20,13 +20,18 @@ from typing import Any
 import cv2
 
 from edged import sidecar
-from edged.api.messages import status_message
+from edged.api.messages import (
+    ReloadStatus,
+    SourceStatus,
+    StatusMessage,
+)
 from edged.config import Config, default_config, load_config
 from edged.engine.engine import Engine, EngineConfig, open_engine
 from edged.engine.probe import ProbeCancelled
 from edged.errors import EXIT_OK, EXIT_RUNTIME, EdgedError
-from edged.pipeline.capture import CaptureThread, LatestFrameSlot, SourceSpec, shown
+from edged.pipeline.capture import CaptureThread, shown
 from edged.pipeline.publish import Publisher, PublishError
+from edged.pipeline.slot import LatestFrameSlot
 from edged.pipeline.stats import PipelineStats
 from edged.pipeline.worker import InferenceWorker, detect_params
 from edged.service.log import CONTEXT
@@ -47,31 +52,8 @@ CONFIG_QUIET_S = 0.5
 NO_FRAME_YET = "opening the source: no frame yet"
 BUILD_MARGIN_S = 30.0  # the watchdog stretch around an in-process delegate build, beyond 3x
 CONFIG_SETTLE_MAX_S = 5.0
-FAULT_ENV = "EDGED_TEST_FAULT"  # test-only: "hang_inference_after=N" (README, "Testing hooks")
-
-
-def _test_fault_hang_after() -> int | None:
-    raw = os.environ.get(FAULT_ENV, "")
-    key, _, value = raw.partition("=")
-    if key == "hang_inference_after" and value.isdigit():
-        logger.warning("%s=%s is set: inference will hang after %s frames", FAULT_ENV, raw,
-                       value)
-        return int(value)
-    return None
-
-
-def source_spec(cfg: Config) -> SourceSpec:
-    c = cfg.camera
-    return SourceSpec(c.source, c.width, c.height, c.fps_limit, c.loop, c.realtime,
-                      c.stall_timeout_s, c.reconnect_initial_s, c.reconnect_max_s)
-
-
 def engine_config(cfg: Config) -> EngineConfig:
-    i = cfg.inference
-    return EngineConfig(delegate=i.delegate, delegate_options=i.delegate_options,
-                        require_accelerator=i.require_accelerator, runtime=i.runtime,
-                        num_threads=i.threads, cache_dir=i.cache_dir,
-                        probe=i.probe_delegate, probe_timeout_s=i.probe_timeout_s)
+    return EngineConfig.of(cfg.inference)
 
 
 def model_stamp(cfg: Config) -> tuple[tuple[str, int, int, int], ...]:
@@ -155,7 +137,7 @@ class Service:
         self.config_path = config_path
         self.notifier = notifier or Notifier()
         self.stats = PipelineStats()
-        self.slot = LatestFrameSlot()
+        self.slot = LatestFrameSlot(self.stats)
         self.state = "starting"
         self.started_mono = time.monotonic()
         self.engine: Engine | None = None
@@ -168,7 +150,6 @@ class Service:
         self._source_lock = threading.Lock()  # source_reason and the running/source_down state
         self._stop = threading.Event()
         self._reload = threading.Event()
-        self._hang_after = _test_fault_hang_after()
         self._watchdog_starved = False
         # The reload thread: builds the new pieces while the old ones serve. _reload_gen
         # names the current reload; a reload abandoned at its deadline has an old number,
@@ -176,12 +157,10 @@ class Service:
         self._reloader: threading.Thread | None = None
         self._reload_gen = 0
         self._reload_deadline: float | None = None  # monotonic; while loading a model
-        self._reload_info: dict[str, Any] | None = None  # status "reload"
+        self._reload_info: ReloadStatus | None = None  # status "reload"
         self._apply_lock = threading.Lock()  # a reload's swap vs. shutdown
         self._model_stamp: tuple[tuple[str, int, int, int], ...] = ()
-        self._base_frames_in = 0  # counts of the captures replaced by reloads
-        self._base_dropped = 0
-        self._base_reconnects = 0
+        self._base_reconnects = 0  # reconnects of the captures replaced by reloads
 
     # --- status -----------------------------------------------------------------------------
     def _set_state(self, state: str) -> None:
@@ -197,38 +176,38 @@ class Service:
         backend = self.engine.backend if self.engine else "none"
         fb = " (fallback)" if self.engine and self.engine.fallback_reason else ""
         info = self._reload_info
-        rl = f" ({info['phase'].replace('_', ' ')})" \
+        rl = f" ({info.phase.replace('_', ' ')})" \
             if self.state == "reloading" and info is not None else ""
         why = f" ({shown(self.source_reason)[:80]})" \
             if self.state == "source_down" and self.source_reason else ""
         return f"{self.state}{rl}{why}, {backend}{fb}, {self.stats.frames_out} frames"
 
-    def _status(self) -> dict[str, Any]:
+    def _status(self) -> StatusMessage:
         """A status snapshot (publisher thread every interval; any thread on state change)."""
         cap = self.capture
-        frames_in = self._base_frames_in + (cap.frames if cap else 0)
-        fps_in, fps_out = self.stats.rates(frames_in)
+        counts = self.stats.snapshot()  # frames, drops, rates, latencies: no side effects
         eng = self.engine
         with self._status_lock:
             seq = self._status_seq
             self._status_seq += 1
-        return status_message(
+        return StatusMessage(
             camera=self.cfg.camera.name, seq=seq, state=self.state,
-            ts_ns=time.time_ns(), uptime_s=time.monotonic() - self.started_mono,
+            ts_ns=time.time_ns(), uptime_s=round(time.monotonic() - self.started_mono, 3),
             model=eng.model_name if eng else self.cfg.model.stem,
             backend=eng.backend if eng else "none",
             fallback_reason=eng.fallback_reason if eng else None,
-            runtime=eng.runtime if eng else "none", fps_in=fps_in, fps_out=fps_out,
-            frames_in=frames_in, frames_out=self.stats.frames_out,
-            frames_dropped=self._base_dropped + self.slot.dropped,
-            source=shown(self.cfg.camera.source),
-            source_reason=shown(self.source_reason) if self.source_reason else None,
-            source_size=cap.frame_size if cap else None,
-            reconnects=self._base_reconnects + (cap.reconnects if cap else 0),
-            latency_ms=self.stats.percentiles(),
-            published_dropped=self.publisher.dropped if self.publisher else 0,
+            runtime=eng.runtime if eng else "none", fps_in=round(counts.fps_in, 2),
+            fps_out=round(counts.fps_out, 2), frames_in=counts.frames_in,
+            frames_out=counts.frames_out, frames_dropped=counts.frames_dropped,
+            source=SourceStatus(
+                uri=shown(self.cfg.camera.source),
+                reason=shown(self.source_reason) if self.source_reason else None,
+                reconnects=self._base_reconnects + (cap.reconnects if cap else 0),
+                size=cap.frame_size if cap else None),
+            latency_ms=counts.latency_ms,
+            publish_dropped=self.publisher.dropped if self.publisher else 0,
             endpoints=self.publisher.bound if self.publisher else (),
-            reload=dict(self._reload_info) if self._reload_info is not None else None)
+            reload=self._reload_info)
 
     def _on_source(self, up: bool, reason: str) -> None:
         with self._source_lock:
@@ -248,7 +227,7 @@ class Service:
         # with this reason, never a "running" with 0 frames while a camera takes its time.
         with self._source_lock:
             self.source_reason = NO_FRAME_YET
-        self.capture = CaptureThread(source_spec(self.cfg), self.slot, self._on_source)
+        self.capture = CaptureThread(self.cfg.camera, self.slot, self._on_source)
         self.capture.start()
 
     def _start_publisher(self) -> None:
@@ -279,7 +258,7 @@ class Service:
             self.engine, self.slot,
             detect_params(self.cfg.detection, self.engine.detector.spec.labels),
             self.publisher.submit, self.stats, self.cfg.camera.name,
-            self.cfg.publish.empty_frames, self._hang_after)
+            self.cfg.publish.empty_frames)
         self.worker.start()
         self._start_capture()
         self._serve_state()
@@ -396,9 +375,9 @@ class Service:
 
     def _shutdown(self) -> None:
         if self.reload_in_progress() and self._reload_info is not None:
-            self._reload_info = {**self._reload_info, "state": "abandoned", "phase": "done",
-                                 "ended_ts_ns": time.time_ns(), "deadline_s": None,
-                                 "message": "stopped during the reload"}
+            self._reload_info = dataclasses.replace(
+                self._reload_info, state="abandoned", phase="done", ended_ts_ns=time.time_ns(),
+                deadline_s=None, message="stopped during the reload")
         self._set_state("stopping")
         self.notifier.notify("STOPPING=1")
         deadline = time.monotonic() + STOP_BUDGET_S
@@ -430,9 +409,8 @@ class Service:
         self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         self._reload_gen += 1
         self._reload_deadline = None
-        self._reload_info = {"state": "in_progress", "started_ts_ns": time.time_ns(),
-                             "ended_ts_ns": None, "phase": "reading", "deadline_s": None,
-                             "message": None}
+        self._reload_info = ReloadStatus("in_progress", time.time_ns(), None, "reading", None,
+                                         None)
         # A daemon thread: a delegate stuck in native code cannot be interrupted, and must
         # neither block the stop nor keep the process alive (it is abandoned at its deadline).
         self._reloader = threading.Thread(target=self._reload_job, args=(self._reload_gen,),
@@ -441,7 +419,8 @@ class Service:
 
     def _phase(self, gen: int, phase: str, deadline_s: float | None = None) -> None:
         if gen == self._reload_gen and self._reload_info is not None:
-            self._reload_info = {**self._reload_info, "phase": phase, "deadline_s": deadline_s}
+            self._reload_info = dataclasses.replace(self._reload_info, phase=phase,
+                                                    deadline_s=deadline_s)
 
     def _reload_job(self, gen: int) -> None:
         state, message, entered = "rejected", None, False
@@ -519,14 +498,15 @@ class Service:
         finally:
             self._end_reload(gen, state, message, entered)
 
-    def _end_reload(self, gen: int, state: str, message: str | None, entered: bool) -> None:
+    def _end_reload(self, gen: int, state: str, message: str | None,
+                    entered: bool) -> None:
         if gen != self._reload_gen or state == "abandoned":
             return  # abandoned at its deadline (already reported) or stopping
         self._reload_deadline = None
         assert self._reload_info is not None
-        self._reload_info = {**self._reload_info, "state": state, "phase": "done",
-                             "deadline_s": None, "ended_ts_ns": time.time_ns(),
-                             "message": message}
+        self._reload_info = dataclasses.replace(
+            self._reload_info, state=state, phase="done", deadline_s=None,
+            ended_ts_ns=time.time_ns(), message=message)
         if entered and not self._stop.is_set():
             self._serve_state()
         self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
@@ -540,7 +520,7 @@ class Service:
         action; systemd counts it as a clean stop). After it: all as it was."""
         gen = self._reload_gen
         if self.reload_in_progress():
-            self._phase(gen, "building", self._reload_info.get("deadline_s")
+            self._phase(gen, "building", self._reload_info.deadline_s
                         if self._reload_info else None)
         logger.warning("building the delegate's graph in this process (its probe took "
                        "%.1f s): publishing pauses meanwhile", probe_s)
@@ -555,7 +535,7 @@ class Service:
             if period is not None:
                 self.notifier.notify(f"WATCHDOG_USEC={int(2 * period * 1e6)}", "WATCHDOG=1")
             if self.reload_in_progress():
-                self._phase(gen, "loading_model", self._reload_info.get("deadline_s")
+                self._phase(gen, "loading_model", self._reload_info.deadline_s
                             if self._reload_info else None)
 
     def _check_reload_deadline(self, now: float) -> None:
@@ -565,8 +545,8 @@ class Service:
         if deadline is None or now < deadline or not self.reload_in_progress():
             return
         gen = self._reload_gen
-        info = self._reload_info or {}
-        msg = (f"the new model did not load within {info.get('deadline_s') or 0:.0f} s (a hung "
+        info = self._reload_info
+        msg = (f"the new model did not load within {(info and info.deadline_s) or 0:.0f} s (a hung "
                "delegate?); the running configuration stays; restart edged to apply the file")
         logger.error("reload abandoned: %s", msg)
         self._end_reload(gen, "timed_out", msg, True)
@@ -612,18 +592,16 @@ class Service:
         """A new capture thread with its own slot: the old thread may still be inside a
         blocking read(); it is stopped, and whatever it still produces goes to a slot nobody
         reads (never two captures feeding one worker)."""
-        old_cap, old_slot = self.capture, self.slot
+        old_cap = self.capture
         if old_cap is not None:
             old_cap.stop()
             if not old_cap.join(CAPTURE_JOIN_S):
                 logger.warning("reload: the old capture thread is still in a read; it is "
                                "abandoned")
-            self._base_frames_in += old_cap.frames
             self._base_reconnects += old_cap.reconnects
-        self._base_dropped += old_slot.dropped
         if self._stop.is_set():
             return  # stopping meanwhile: no new capture
-        self.slot = LatestFrameSlot()
+        self.slot = LatestFrameSlot(self.stats)
         self.cfg = new
         assert self.worker is not None
         self.worker.set_slot(self.slot)

@@ -59,7 +59,7 @@ def test_delegate_failing_at_warm_up_falls_back(fail: str, reason: str,
     # a hanging one never ends, so any timeout shows it (a short one keeps the test short).
     timeout_s = 2.0 if fail == "hang" else speed.start_deadline()
     eng = open_engine(DEFAULT_MODEL, EngineConfig(
-        delegate=str(recording_delegate), delegate_options={"fail": fail}, probe=True,
+        delegate=str(recording_delegate), delegate_options={"fail": fail}, probe_delegate=True,
         probe_timeout_s=timeout_s))
     assert eng.backend == "cpu"
     assert eng.fallback_reason is not None and reason in eng.fallback_reason

@@ -1,0 +1,52 @@
+"""The capture → inference hand-off: a size-1 slot where the newest frame wins."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from edged.pipeline.stats import PipelineStats
+
+
+@dataclass(frozen=True)
+class Frame:
+    image: np.ndarray  # (H, W, 3) uint8 BGR
+    seq: int  # capture sequence number, from 0, across reconnects
+    ts_ns: int  # wall clock at the grab (time.time_ns)
+    mono_ns: int  # monotonic clock at the grab (time.monotonic_ns)
+
+
+class LatestFrameSlot:
+    """A size-1 hand-off: the newest frame replaces an unconsumed one. Every frame put and every
+    frame replaced is counted in ``stats`` (the one place those counts live)."""
+
+    def __init__(self, stats: PipelineStats) -> None:
+        self._cond = threading.Condition()
+        self._frame: Frame | None = None
+        self._stats = stats
+
+    def put(self, frame: Frame) -> None:
+        with self._cond:
+            replaced = self._frame is not None
+            self._frame = frame
+            self._cond.notify()
+        self._stats.frame_in(replaced)
+
+    def wait_taken(self, timeout_s: float) -> bool:
+        """Wait until the slot is empty (the last frame was taken); True if it is."""
+        with self._cond:
+            if self._frame is not None:
+                self._cond.wait_for(lambda: self._frame is None, timeout_s)
+            return self._frame is None
+
+    def get(self, timeout_s: float) -> Frame | None:
+        """The newest frame, waiting up to ``timeout_s``; None on timeout."""
+        with self._cond:
+            if self._frame is None:
+                self._cond.wait(timeout_s)
+            frame, self._frame = self._frame, None
+            if frame is not None:
+                self._cond.notify_all()  # a capture waiting in wait_taken()
+            return frame

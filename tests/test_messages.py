@@ -1,0 +1,168 @@
+"""The message declarations are the one source: the schema file, the README's field reference,
+the encoder and the decoder all derive from them (and the README's examples are real messages)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from typing import Any
+
+import jsonschema
+import numpy as np
+import pytest
+
+from edged.api import schema
+from edged.api.messages import (
+    STAGES,
+    Detection,
+    DetMessage,
+    FrameSize,
+    Latency,
+    MalformedMessage,
+    Percentiles,
+    ReloadStatus,
+    SourceStatus,
+    StatusMessage,
+    decode,
+    detections_of,
+    encode,
+    to_wire,
+)
+from edged.core.types import Detections
+from tests.conftest import REPO
+
+VALIDATOR = jsonschema.Draft202012Validator(schema.load_schema())
+
+DET = DetMessage("roof", 7, 12, 1_763_800_000_123_456_789, FrameSize(1280, 720),
+                 "yolov3-tiny-416", "cpu", Latency(0.4, 11.9, 0.2, 12.5),
+                 (Detection(14, "bird", 0.87, (412.0, 133.5, 498.2, 201.0),
+                            (0.3219, 0.1854, 0.3892, 0.2792)),))
+STATUS = StatusMessage(
+    "roof", 3, "reloading", 1_763_800_001_000_000_000, 17.0, "yolov3-tiny-416", "none", None,
+    "ai_edge_litert", 25.0, 24.5, 425, 420, 5,
+    SourceStatus("rtsp://viewer:***@cam/stream", None, 0, (1280, 720)),
+    {"total": Percentiles(12.5, 14.1, 17.0)}, 0, ("tcp://127.0.0.1:5556",),
+    ReloadStatus("in_progress", 1_763_800_000_500_000_000, None, "loading_model", 120.0, None))
+
+
+def test_schema_file_is_generated_from_the_declarations() -> None:
+    assert schema.SCHEMA_PATH.read_text(encoding="utf-8") == schema.render(), \
+        "edged/api/messages.schema.json is stale: run python -m edged.api.schema --write"
+
+
+def test_readme_field_reference_is_generated_from_the_declarations() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert schema.BEGIN in readme and schema.END in readme, "README lost its message reference"
+    generated = readme.partition(schema.BEGIN)[2].partition(schema.END)[0]
+    assert generated == schema.markdown(), \
+        "README's message reference is stale: run python -m edged.api.schema --write"
+
+
+def _readme_examples() -> list[dict[str, Any]]:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Message schema"):readme.index("### Subscribing from")]
+    return [json.loads(block) for block in re.findall(r"```json\n(.*?)```", section, re.S)]
+
+
+def test_readme_examples_are_valid_messages() -> None:
+    examples = _readme_examples()
+    assert {e["kind"] for e in examples} == {"detections", "status"}
+    for example in examples:
+        VALIDATOR.validate(example)
+        assert to_wire(decode(json.dumps(example).encode())) == example
+
+
+@pytest.mark.parametrize("message", [DET, STATUS], ids=["det", "status"])
+def test_encode_validates_and_decodes_to_the_same_value(message: DetMessage | StatusMessage
+                                                        ) -> None:
+    payload = encode(message)
+    VALIDATOR.validate(json.loads(payload))
+    assert decode(payload) == message
+    assert message.topic == f"{message.TOPIC}/roof"
+
+
+def test_every_declared_field_is_in_the_schema_and_the_wire() -> None:
+    for message in (DET, STATUS):
+        wire = to_wire(message)
+        props = schema.build_schema()["$defs"][type(message).__name__]["properties"]
+        declared = [f.name for f in dataclasses.fields(message) if f.metadata.get("wire", True)]
+        assert list(wire) == list(props) == ["v", "kind", *declared]
+
+
+def test_detections_of_rounds_and_normalizes() -> None:
+    dets = Detections(np.array([[412.04, 133.46, 498.21, 201.0]], np.float32),
+                      np.array([0.87654], np.float32), np.array([14], np.int32))
+    (d,) = detections_of(dets, ["x"] * 14 + ["bird"], 1280, 720)
+    assert d.label == "bird" and d.score == 0.8765 and d.box == (412.0, 133.5, 498.2, 201.0)
+    assert d.box_norm == (0.3219, 0.1854, 0.3892, 0.2792)
+    (unknown,) = detections_of(dets, ["a"], 1280, 720)
+    assert unknown.label == "14"  # a class the labels do not cover is named by its id
+
+
+def test_nan_is_refused_by_the_encoder() -> None:
+    bad = dataclasses.replace(DET, latency_ms=Latency(math.nan, 1.0, 1.0, 1.0))
+    with pytest.raises(ValueError):
+        encode(bad)
+
+
+GOOD = json.loads(encode(DET))
+
+
+def _with(path: str, value: Any) -> bytes:
+    data = json.loads(json.dumps(GOOD))
+    *parents, last = path.split(".")
+    node = data
+    for p in parents:
+        node = node[int(p)] if isinstance(node, list) else node[p]
+    if value is KeyError:
+        del node[last]
+    elif isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return json.dumps(data).encode()
+
+
+@pytest.mark.parametrize(("payload", "error"), [
+    (_with("seq", True), "seq: expected an integer, got bool"),
+    (_with("seq", "7"), "seq: expected an integer, got str"),
+    (_with("seq", 7.5), "seq: expected an integer, got float"),
+    (_with("seq", -1), "seq: -1 is out of range [0, None]"),
+    (_with("camera", ""), "camera: shorter than 1 characters"),
+    (_with("latency_ms.total", int("1" + "0" * 400)), "latency_ms.total: expected a finite "
+     "number, got a huge integer"),
+    (_with("detections.0.box.3", "x"), "detections[0].box[3]: expected a finite number"),
+    (_with("v", True), "not a version-1 edged message"),
+    (_with("frame", KeyError), "<top>: missing 'frame'"),
+    (_with("frame.width", None), "frame.width: expected an integer, got NoneType"),
+    (_with("latency_ms.total", "fast"), "latency_ms.total: expected a finite number, got str"),
+    (_with("detections.0.box", [1, 2]), "detections[0].box: expected an array of 4, got list"),
+    (_with("detections.0.score", 1e999), "detections[0].score: expected a finite number"),
+    (_with("detections", {}), "detections: expected an array, got dict"),
+    (_with("camera", 5), "camera: expected a string, got int"),
+    (_with("v", 2), "not a version-1 edged message"),
+    (_with("kind", "gossip"), "unknown kind gossip"),
+    (b"[1, 2]", "not a version-1 edged message"),
+    (b"\xff", "not UTF-8 JSON"),
+    (b"[" * 100_000, "not UTF-8 JSON"),
+])
+def test_decoder_refuses_what_the_declaration_does_not_allow(payload: bytes, error: str) -> None:
+    with pytest.raises(MalformedMessage) as e:
+        decode(payload)
+    assert error in str(e.value)
+
+
+def test_decoder_ignores_unknown_fields_and_values() -> None:
+    """A newer daemon may add fields and enum values (a backend): old clients keep working,
+    and ``raw`` is the payload as received."""
+    data = {**GOOD, "new_field": {"x": 1}, "backend": "hailo", "seq": 7.0}
+    msg = decode(json.dumps(data).encode(), "det/roof")
+    assert isinstance(msg, DetMessage) and msg.backend == "hailo" and msg.seq == DET.seq
+    assert msg.raw == data and msg.topic == "det/roof"
+    assert msg.latency_ms["total"] == 12.5  # plain-JSON clients indexed it like this
+
+
+def test_stages_are_the_latency_fields() -> None:
+    assert tuple(f.name for f in dataclasses.fields(Latency)) == STAGES

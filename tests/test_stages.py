@@ -1,0 +1,290 @@
+"""The hand-offs between the pipeline's threads, and who counts what.
+
+Real threads and real ZeroMQ sockets on loopback; nothing asserts a rate or a duration: waits
+are for events, with deadlines that only bound a failing test.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import zmq
+
+from edged.api.messages import (
+    Detection,
+    DetMessage,
+    FrameSize,
+    Latency,
+    Percentiles,
+    SourceStatus,
+    StatusMessage,
+    decode,
+)
+from edged.config import PublishConfig
+from edged.pipeline.publish import QUEUE_SIZE, Publisher
+from edged.pipeline.slot import Frame, LatestFrameSlot
+from edged.pipeline.stats import PipelineStats
+from tests.daemon_util import free_port
+
+DEADLINE_S = 30.0  # bounds a failing test only
+LAT = Latency(1.0, 2.0, 3.0, 6.0)
+
+
+class Clock:
+    """Monotonic seconds that move only when the test says so (PipelineStats' clock seam).
+    Steps are binary fractions (1/8 s...), so the sums are exact and no frame straddles the
+    window's edge by a rounding error."""
+
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _frame(seq: int) -> Frame:
+    return Frame(np.zeros((2, 2, 3), np.uint8), seq, seq, seq)
+
+
+# --- the latest-frame slot -----------------------------------------------------------------------
+
+def test_slot_keeps_the_newest_frame_and_counts_the_replaced_ones() -> None:
+    stats = PipelineStats()
+    slot = LatestFrameSlot(stats)
+    for seq in range(3):
+        slot.put(_frame(seq))
+    got = slot.get(0.0)
+    assert got is not None and got.seq == 2
+    assert slot.get(0.0) is None  # taken: empty again
+    snap = stats.snapshot()
+    assert (snap.frames_in, snap.frames_dropped, snap.frames_out) == (3, 2, 0)
+
+
+def test_slot_counts_every_frame_as_taken_or_dropped_across_threads() -> None:
+    """A producer and a consumer thread race: each frame put is taken exactly once or counted
+    as dropped exactly once, and the consumer never sees an older frame after a newer one."""
+    stats = PipelineStats()
+    slot = LatestFrameSlot(stats)
+    n = 5000
+    taken: list[int] = []
+    produced = threading.Event()
+
+    def consume() -> None:
+        while True:
+            done = produced.is_set()  # read before the get: then an empty get means the end
+            frame = slot.get(0.01)
+            if frame is not None:
+                taken.append(frame.seq)
+            elif done:
+                return
+
+    def produce() -> None:
+        for seq in range(n):
+            slot.put(_frame(seq))
+            if seq % 64 == 0:
+                time.sleep(0)  # let the consumer in now and then: some frames get through
+        produced.set()
+
+    threads = [threading.Thread(target=consume), threading.Thread(target=produce)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(DEADLINE_S)
+        assert not t.is_alive()
+    snap = stats.snapshot()
+    assert snap.frames_in == n
+    assert snap.frames_dropped == n - len(taken)
+    assert taken and taken[-1] == n - 1  # the last frame is never lost
+    assert all(a < b for a, b in itertools.pairwise(taken))
+
+
+def test_wait_taken_returns_once_the_consumer_took_the_frame() -> None:
+    slot = LatestFrameSlot(PipelineStats())
+    slot.put(_frame(0))
+    assert not slot.wait_taken(0.0)
+    got: list[Frame | None] = []
+    consumer = threading.Thread(target=lambda: got.append(slot.get(DEADLINE_S)))
+    consumer.start()
+    assert slot.wait_taken(DEADLINE_S)
+    consumer.join(DEADLINE_S)
+    assert got and got[0] is not None and got[0].seq == 0
+
+
+# --- the stats -----------------------------------------------------------------------------------
+
+def test_snapshot_has_no_side_effect() -> None:
+    clock = Clock()
+    stats = PipelineStats(clock=clock, rate_window_s=2.0)
+    slot = LatestFrameSlot(stats)
+    for i in range(16):  # 8 fps for 2 s
+        clock.t += 0.125
+        slot.put(_frame(i))
+        slot.get(0.0)
+        stats.record(LAT)
+    first = stats.snapshot()
+    again = [stats.snapshot() for _ in range(5)]  # a burst of state-change statuses
+    assert all(s == first for s in again)
+    assert first.fps_in == 8.0 and first.fps_out == 8.0
+    assert (first.frames_in, first.frames_out, first.frames_dropped) == (16, 16, 0)
+    assert first.latency_ms["total"] == Percentiles(6.0, 6.0, 6.0)
+
+
+@pytest.mark.parametrize(("fps", "seconds", "idle_s", "expected"), [
+    (8.0, 5.0, 0.0, 8.0),  # steady
+    (32.0, 5.0, 0.0, 32.0),
+    (8.0, 5.0, 1.0, 4.0),  # stopped 1 s ago: half of the 2 s window has frames
+    (8.0, 5.0, 3.0, 0.0),  # stopped longer than the window: no rate
+    (8.0, 1.0, 0.0, 8.0),  # started less than a window ago: over the time since start
+    (1024.0, 3.0, 0.0, 1024.0),  # more frames than the history keeps: a shorter window
+])
+def test_fps_is_a_rolling_rate(fps: float, seconds: float, idle_s: float,
+                               expected: float) -> None:
+    clock = Clock()
+    stats = PipelineStats(clock=clock, rate_window_s=2.0)
+    for _ in range(round(fps * seconds)):
+        clock.t += 1 / fps
+        stats.record(LAT)
+    clock.t += idle_s
+    assert stats.snapshot().fps_out == pytest.approx(expected, rel=1e-3)
+    assert stats.snapshot().fps_in == 0.0  # nothing came in through a slot
+
+
+def test_rates_move_with_the_window_not_with_reads() -> None:
+    """The old rates() reset its window on every read: a status sent on a state change made the
+    next periodic one report the rate of a few milliseconds."""
+    clock = Clock()
+    stats = PipelineStats(clock=clock, rate_window_s=2.0)
+    for step in range(100):
+        clock.t += 0.0625  # 16 fps
+        stats.record(LAT)
+        if step % 7 == 0:
+            stats.snapshot()
+    assert stats.snapshot().fps_out == 16.0
+
+
+def test_stats_reject_an_empty_window() -> None:
+    with pytest.raises(ValueError, match="window"):
+        PipelineStats(window=0)
+
+
+# --- the publisher's drop policy --------------------------------------------------------------
+
+def _status(seq: int = 0) -> StatusMessage:
+    return StatusMessage(
+        camera="cam", seq=seq, state="running", ts_ns=0, uptime_s=0.0, model="m",
+        backend="cpu", fallback_reason=None, runtime="test", fps_in=0.0, fps_out=0.0,
+        frames_in=0, frames_out=0, frames_dropped=0,
+        source=SourceStatus(uri="test", reason=None, reconnects=0, size=None), latency_ms={},
+        publish_dropped=0, endpoints=(), reload=None)
+
+
+def _det(seq: int, boxes: int = 0) -> DetMessage:
+    dets = tuple(Detection(0, "bird", 0.5, (1.0, 2.0, 3.0, 4.0), (0.1, 0.2, 0.3, 0.4))
+                 for _ in range(boxes))
+    return DetMessage("cam", seq, seq, 0, FrameSize(640, 480), "m", "cpu", LAT, dets)
+
+
+@pytest.fixture
+def zctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    yield ctx
+    ctx.destroy(linger=0)
+
+
+def _subscriber(ctx: zmq.Context[zmq.Socket[bytes]], ep: str,
+                **opts: int) -> zmq.Socket[bytes]:
+    sub = ctx.socket(zmq.SUB)
+    for name, value in opts.items():
+        sub.setsockopt(getattr(zmq, name), value)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(ep)
+    return sub
+
+
+def _wait_status(sub: zmq.Socket[bytes], pub: Publisher | None = None) -> None:
+    """Once a status arrives the subscription is in (the publisher sends one every interval,
+    or, given ``pub``, one per try here)."""
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        if pub is not None:
+            pub.send_status(_status())
+        assert time.monotonic() < deadline, "no status arrived"
+        if sub.poll(100) and isinstance(decode(sub.recv_multipart()[1]), StatusMessage):
+            return
+
+
+def _recv_dets(sub: zmq.Socket[bytes], n: int) -> list[int]:
+    seqs: list[int] = []
+    deadline = time.monotonic() + DEADLINE_S
+    while len(seqs) < n:
+        assert sub.poll(max(int((deadline - time.monotonic()) * 1000), 1)), seqs
+        msg = decode(sub.recv_multipart()[1])
+        if isinstance(msg, DetMessage):
+            seqs.append(msg.seq)
+    return seqs
+
+
+def test_a_full_queue_drops_the_oldest_message_and_counts_it(
+        zctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    ep = f"tcp://127.0.0.1:{free_port()}"
+    hold, held, release = threading.Event(), threading.Event(), threading.Event()
+
+    def status() -> StatusMessage:  # runs in the publisher's thread: a seam to stall it
+        if hold.is_set():
+            held.set()
+            release.wait(DEADLINE_S)
+        return _status()
+
+    pub = Publisher(PublishConfig(endpoints=(ep,), status_interval_s=0.05), "cam", status)
+    pub.bind()
+    pub.start()
+    try:
+        sub = _subscriber(zctx, ep)
+        _wait_status(sub)
+        hold.set()
+        assert held.wait(DEADLINE_S)  # the publisher thread is stalled: nothing leaves the queue
+        extra = 5
+        for seq in range(QUEUE_SIZE + extra):
+            pub.submit(_det(seq))  # never blocks, even with nobody taking
+        assert pub.dropped == extra
+        hold.clear()
+        release.set()
+        assert _recv_dets(sub, QUEUE_SIZE) == list(range(extra, QUEUE_SIZE + extra))
+        assert pub.dropped == extra
+    finally:
+        release.set()
+        pub.stop()
+        assert pub.join(DEADLINE_S)
+
+
+def test_a_subscriber_that_does_not_read_stalls_nobody(
+        zctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    """At its SNDHWM ZeroMQ drops for the slow subscriber only: the publisher never blocks
+    (it drops nothing itself), and a reading subscriber gets every message, in order."""
+    ep = f"tcp://127.0.0.1:{free_port()}"
+    pub = Publisher(PublishConfig(endpoints=(ep,), sndhwm=4, status_interval_s=3600), "cam",
+                    _status)
+    pub.bind()
+    pub.start()
+    try:
+        stalled = _subscriber(zctx, ep, RCVHWM=1, RCVBUF=4096)
+        reader = _subscriber(zctx, ep)
+        _wait_status(stalled, pub)  # subscribed; from now on it reads nothing
+        _wait_status(reader, pub)
+        n = 1500  # ~10 KB each: far more than the stalled peer's HWM and socket buffers hold
+        for seq in range(n):
+            pub.submit(_det(seq, boxes=100))
+            assert _recv_dets(reader, 1) == [seq]  # in lockstep: the queue never fills
+        assert pub.dropped == 0 and pub.is_alive()
+        got = 0
+        while stalled.poll(500):  # what reached the stalled peer before ZeroMQ dropped for it
+            got += isinstance(decode(stalled.recv_multipart()[1]), DetMessage)  # (no more come)
+        assert got < n
+    finally:
+        pub.stop()
+        assert pub.join(DEADLINE_S)
