@@ -262,15 +262,6 @@ class Publisher(StageThread):
             else zmq.auth.CURVE_ALLOW_ANY
         self._auth.configure_curve(domain=ZAP_DOMAIN.decode(), location=location)
 
-    def _set_security(self, sock: zmq.Socket[bytes], curve: CurveConfig | None) -> None:
-        """Takes effect for endpoints bound afterwards (libzmq copies options at bind)."""
-        if curve is not None:
-            self._setup_curve(sock, curve)
-            return
-        sock.curve_server = False
-        self._client_keys = None
-        self._server = None
-
     # --- reconfiguration (any thread asks; the publisher thread does it) -------------------
     def keys_changed(self, cfg: PublishConfig) -> bool:
         """Do the CURVE key files say something else than the keys in use (a client key
