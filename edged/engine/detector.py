@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from edged import sidecar
-from edged.config import DetectionConfig
+from edged.config import DetectionConfig, InferenceConfig
 from edged.core.decode import Quant, decode_anchor_free, decode_region, decode_yolo
 from edged.core.nms import nms, select
 from edged.core.preprocess import Letterbox, letterbox_into
@@ -72,7 +72,8 @@ class Detector:
     Not thread-safe: one Detector per inference thread.
     """
 
-    def __init__(self, spec: sidecar.ModelSpec, model_path: Path, num_threads: int = 2,
+    def __init__(self, spec: sidecar.ModelSpec, model_path: Path,
+                 num_threads: int = InferenceConfig.threads,
                  runtime: Runtime | None = None, delegates: list[Any] | None = None) -> None:
         self.spec = spec
         self.model_path = model_path

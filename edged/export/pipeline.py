@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edged import sidecar
+from edged.config import InferenceConfig
 from edged.core.preprocess import letterbox
 from edged.engine.detector import Detector
 from edged.errors import CalibrationError, DarknetError, UsageError
@@ -48,7 +49,7 @@ class ExportRequest:
     float_only: bool = False
     drop_float: bool = False  # delete the float32 file after the report (for shipping)
     frames_per_video: int = 16
-    num_threads: int = 2
+    num_threads: int = InferenceConfig.threads
 
 
 @dataclass
