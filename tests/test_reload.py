@@ -93,6 +93,21 @@ def test_status_interval_change_keeps_every_subscriber(tmp_path: Path, speed: Sp
     assert d.stderr.count("publishing on") == 1, d.stderr  # bound once, never again
 
 
+def test_watchdog_timeout_change_reloads_no_model(tmp_path: Path, speed: Speed) -> None:
+    """inference.watchdog_timeout_s is read live: changing only it must not rebuild the engine
+    (on an NPU a graph build can take minutes). It did, for a while, during issue 11."""
+    port = free_port()
+    cfg = _write(tmp_path / "c.yaml", _base(port))
+    with Daemon(tmp_path, cfg) as d, Listener(f"tcp://127.0.0.1:{port}") as sub:
+        sub.wait_count(is_det, 3, speed.start_deadline(n_frames=3), "det messages")
+        _write(cfg, _base(port, inference={"watchdog_timeout_s": 20.0}))
+        reload = _hup_and_wait(d, sub, speed)
+        code, _ = d.stop()
+    assert code == 0, d.stderr
+    assert reload["state"] == "applied", reload
+    assert "reload: applied" in d.stderr and "reload: model" not in d.stderr, d.stderr
+
+
 def test_half_written_config_is_not_applied(tmp_path: Path, speed: Speed) -> None:
     """#13: a SIGHUP arriving while an editor is still writing the file (truncate, write part,
     write the rest) applied the truncated-but-valid YAML: the endpoint fell back to the default

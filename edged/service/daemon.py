@@ -52,8 +52,10 @@ CONFIG_QUIET_S = 0.5
 NO_FRAME_YET = "opening the source: no frame yet"
 BUILD_MARGIN_S = 30.0  # the watchdog stretch around an in-process delegate build, beyond 3x
 CONFIG_SETTLE_MAX_S = 5.0
-def engine_config(cfg: Config) -> EngineConfig:
-    return EngineConfig.of(cfg.inference)
+def _builds_engine(cfg: Config) -> EngineConfig:
+    """What a new engine is built from: watchdog_timeout_s is read live, so changing it alone
+    reloads no model (an NPU graph build can take minutes)."""
+    return EngineConfig.of(dataclasses.replace(cfg.inference, watchdog_timeout_s=0.0))
 
 
 def model_stamp(cfg: Config) -> tuple[tuple[str, int, int, int], ...]:
@@ -247,7 +249,7 @@ class Service:
         self._set_state("warming_up")
         self._model_stamp = model_stamp(self.cfg)
         with self.notifier.extending_start_timeout():
-            self.engine = open_engine(self.cfg.model, engine_config(self.cfg),
+            self.engine = open_engine(self.cfg.model, EngineConfig.of(self.cfg.inference),
                                       in_process=self._in_process_build)
         CONTEXT.set(camera=self.cfg.camera.name, backend=self.engine.backend,
                     model=self.engine.model_name)
@@ -434,9 +436,8 @@ class Service:
                 return
             old = self.cfg
             stamp = model_stamp(new)
-            # watchdog_timeout_s is read live: only what builds the engine needs a new one
             load = new.model != old.model or stamp != self._model_stamp \
-                or engine_config(new) != engine_config(old)
+                or _builds_engine(new) != _builds_engine(old)
             assert self.publisher is not None
             keys = self.publisher.keys_changed(new.publish)
             if new == old and not load and not keys:
@@ -453,7 +454,7 @@ class Service:
                 self._reload_deadline = time.monotonic() + budget
                 self._phase(gen, "loading_model", budget)
                 try:
-                    engine = open_engine(new.model, engine_config(new), self._stop,
+                    engine = open_engine(new.model, EngineConfig.of(new.inference), self._stop,
                                          self._in_process_build)
                 except EdgedError as e:
                     logger.error("reload: new model/backend rejected, the running one stays: "
