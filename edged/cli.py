@@ -367,7 +367,8 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     from edged.config import load_config
 
     cfg = load_config(args.config)
-    print(f"{args.config}: OK (camera {cfg.camera.name!r} from {cfg.camera.source}, model "
+    cams = ", ".join(f"{c.name!r} from {c.source}" for c in cfg.cameras)
+    print(f"{args.config}: OK (camera{'s'[:len(cfg.cameras) > 1]} {cams}, model "
           f"{cfg.model}, publishing on {', '.join(cfg.publish.endpoints)})")
     return EXIT_OK
 
@@ -377,7 +378,10 @@ def _add_sub(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("endpoints", nargs="*", default=list(PublishConfig.endpoints),
                    metavar="ENDPOINT", help=f"default {', '.join(PublishConfig.endpoints)}")
     p.add_argument("--topic", action="append", default=[], metavar="PREFIX",
-                   help="topic prefix, e.g. det/ or status/balcony (repeatable; default all)")
+                   help="topic prefix, e.g. det/, status/balcony/ or process/ (repeatable; "
+                        "default det/ and status/)")
+    p.add_argument("--camera", action="append", default=[], metavar="NAME",
+                   help="only this camera's messages (repeatable; with --topic, of those kinds)")
     p.add_argument("--count", type=_number(int, *SUB_COUNT), default=0,
                    help="stop after N messages (default 0: never)")
     p.add_argument("--timeout", type=_number(float, *SUB_TIMEOUT_S), default=0.0,
@@ -390,7 +394,7 @@ def _add_sub(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _cmd_sub(args: argparse.Namespace) -> int:
-    from edged.api.client import DetMessage, Subscriber
+    from edged.api.client import DetMessage, ProcessStatus, Subscriber
     from edged.config import check_endpoint
 
     for ep in args.endpoints:
@@ -399,7 +403,7 @@ def _cmd_sub(args: argparse.Namespace) -> int:
             raise UsageError(f"{ep}: {problem}")
     n = 0
     with Subscriber(args.endpoints, args.topic or ["det/", "status/"], args.server_key,
-                    args.client_cert) as sub:
+                    args.client_cert, cameras=args.camera or None) as sub:
         while args.count <= 0 or n < args.count:
             msg = sub.recv(args.timeout if args.timeout > 0 else None)
             if msg is None:
@@ -414,6 +418,14 @@ def _cmd_sub(args: argparse.Namespace) -> int:
                     f"({d.box[2]:.0f},{d.box[3]:.0f})" for d in msg.detections) or "-"
                 print(f"{_printable(msg.topic)} #{msg.seq} frame {msg.frame_seq} "
                       f"{msg.latency_ms.total:.1f} ms: {found}", flush=True)
+            elif isinstance(msg, ProcessStatus):
+                fb = (f" (fallback: {_printable(msg.fallback_reason)})"
+                      if msg.fallback_reason else "")
+                cams = ", ".join(f"{_printable(k)} {_printable(v)}"
+                                 for k, v in msg.cameras.items())
+                print(f"{_printable(msg.topic)} {_printable(msg.state)} on "
+                      f"{_printable(msg.backend)}{fb}: {msg.fps_out:.1f} fps out, load "
+                      f"{msg.inference_load:.0%}; {cams}", flush=True)
             else:
                 fb = (f" (fallback: {_printable(msg.fallback_reason)})"
                       if msg.fallback_reason else "")

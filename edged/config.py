@@ -22,7 +22,20 @@ from edged import sidecar
 from edged.errors import ConfigError, ModelError
 from edged.media import SAMPLE_CLIP
 from edged.models import DEFAULT_MODEL
-from edged.spec import Int, Invalid, Num, OneOf, Reader, Text, map_of, markdown, setting
+from edged.spec import (
+    Int,
+    Invalid,
+    Num,
+    OneOf,
+    Reader,
+    Text,
+    below,
+    map_of,
+    mapping,
+    markdown,
+    no_unknown,
+    setting,
+)
 from edged.yamlfile import MAX_VALUES, parse, read_text, show
 
 # A config file is small: anything larger, or expanding (YAML aliases) into more values, is a
@@ -31,6 +44,7 @@ MAX_CONFIG_BYTES = 1 << 20
 MAX_CONFIG_VALUES = MAX_VALUES
 # Every string goes into status messages or paths: PATH_MAX bounds them all.
 MAX_STRING = 4096
+MAX_CAMERAS = 16  # each one a capture thread and a decoder; one accelerator serves them all
 MAX_DEVICE_INDEX = 1023  # V4L2 camera indexes (/dev/videoN); OpenCV takes a C int
 BUILTIN_DELEGATES = ("auto", "vx", "ethosu", "cpu", "xnnpack")
 _URL_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://")
@@ -148,8 +162,25 @@ def _secret_key(v: Any) -> str:
 # --- the declarations ---------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class DetectionConfig:
+    conf_threshold: float = setting(0.25, "Minimum score (objectness x class probability)",
+                                    UNIT)
+    iou_threshold: float = setting(0.45, "NMS overlap above which the weaker box of the same "
+                                   "class is dropped", UNIT)
+    max_detections: int = setting(100, "Detections kept per frame, best first",
+                                  Int(1, 10_000))
+    class_thresholds: Mapping[str, float] = setting(
+        doc="Per-label minimum scores overriding `conf_threshold`, e.g. `{bird: 0.3}`",
+        check=map_of(lambda v: v), factory=dict)  # labels, then values: _cross
+    classes: tuple[str, ...] | None = setting(None, "Only report these labels, e.g. `[bird, "
+                                              "cat]` (null: all)", _labels)
+    min_box_area: float = setting(0.0, "Drop boxes smaller than this many square pixels of the "
+                                  "original frame", Num(0.0, 1e9))
+
+
+@dataclass(frozen=True)
 class CameraConfig:
-    name: str = setting("sample", "Used in the topics `det/<name>`, `status/<name>`: 1-64 "
+    name: str = setting("sample", "Used in the topics `det/<name>/`, `status/<name>/`: 1-64 "
                         "letters, digits, `_`, `-`, `.`", _name)
     source: str = setting(str(SAMPLE_CLIP), "`/dev/videoN` or an index, an `rtsp://`/`http://` "
                           "URL, a GStreamer pipeline, or a file", _source,
@@ -168,6 +199,16 @@ class CameraConfig:
                                          "doubling up to `reconnect_max_s`", Num(0.01, 3600.0))
     reconnect_max_s: float = setting(30.0, "Longest wait between reopen attempts (>= "
                                      "`reconnect_initial_s`)", Num(0.01, 3600.0))
+    weight: int = setting(1, "Share of the inference when cameras contend: a camera of weight "
+                          "2 gets twice the frames of one of weight 1", Int(1, 100))
+    detection: Mapping[str, Any] = setting(
+        doc="This camera's detection settings: any keys of `detection`, overriding the "
+        "top-level ones, e.g. `{classes: [bird], conf_threshold: 0.4}`",
+        check=lambda v: _detection_overrides(v), factory=dict)
+
+    def capture(self) -> CameraConfig:
+        """What the capture thread uses: a change here (and only here) restarts it."""
+        return dataclasses.replace(self, weight=1, detection={})
 
 
 @dataclass(frozen=True)
@@ -193,23 +234,6 @@ class InferenceConfig:
         True, "Try an NPU or external delegate (load, build, one invoke) in a child process "
         "first: one that crashes or hangs costs a CPU fallback instead of the daemon")
     probe_timeout_s: float = setting(300.0, "Bound on that probe, seconds", Num(1.0, 7200.0))
-
-
-@dataclass(frozen=True)
-class DetectionConfig:
-    conf_threshold: float = setting(0.25, "Minimum score (objectness x class probability)",
-                                    UNIT)
-    iou_threshold: float = setting(0.45, "NMS overlap above which the weaker box of the same "
-                                   "class is dropped", UNIT)
-    max_detections: int = setting(100, "Detections kept per frame, best first",
-                                  Int(1, 10_000))
-    class_thresholds: Mapping[str, float] = setting(
-        doc="Per-label minimum scores overriding `conf_threshold`, e.g. `{bird: 0.3}`",
-        check=map_of(lambda v: v), factory=dict)  # labels, then values: _cross
-    classes: tuple[str, ...] | None = setting(None, "Only report these labels, e.g. `[bird, "
-                                              "cat]` (null: all)", _labels)
-    min_box_area: float = setting(0.0, "Drop boxes smaller than this many square pixels of the "
-                                  "original frame", Num(0.0, 1e9))
 
 
 @dataclass(frozen=True)
@@ -239,7 +263,12 @@ class PublishConfig:
 
 @dataclass(frozen=True)
 class Config:
-    camera: CameraConfig = setting(factory=CameraConfig)
+    camera: CameraConfig = setting(factory=CameraConfig, doc="One camera: the shorthand for a "
+                                   "`cameras` list of one")
+    cameras: tuple[CameraConfig, ...] = setting((), "Several cameras sharing the model and the "
+                                                "accelerator: a list of mappings with the keys "
+                                                f"of `camera` (names unique; at most "
+                                                f"{MAX_CAMERAS})", shown="`[camera]`")
     model: Path = setting(DEFAULT_MODEL, "The model sidecar `.yaml` written by `edged export`",
                           TEXT, null_default=True, shown="the shipped yolov3-tiny")
     inference: InferenceConfig = setting(factory=InferenceConfig)
@@ -248,6 +277,23 @@ class Config:
     log_level: str = setting("info", "Log level", OneOf(("debug", "info", "warning", "error"),
                                                          TEXT))
     source: str = setting("<built-in default>", key=False)  # where it was loaded from
+
+    def __post_init__(self) -> None:
+        if not self.cameras:  # the shorthand (or nothing: the sample camera)
+            object.__setattr__(self, "cameras", (self.camera,))
+
+    def detection_for(self, cam: CameraConfig) -> DetectionConfig:
+        """``detection`` with the camera's own overrides applied."""
+        return dataclasses.replace(self.detection, **cam.detection) if cam.detection \
+            else self.detection
+
+
+def _detection_overrides(v: Any) -> dict[str, Any]:
+    keys = {f.name: f for f in dataclasses.fields(DetectionConfig)}
+    v = mapping(v)
+    no_unknown(v, set(keys), listed=False)
+    return {k: None if x is None and keys[k].default is None
+            else below(f".{k}", keys[k].metadata["check"], x) for k, x in v.items()}
 
 
 def default_config() -> Config:
@@ -258,20 +304,35 @@ def default_config() -> Config:
 
 def parse_config(data: Any, where: str = "config") -> Config:
     r = Reader(where, ConfigError)
-    cfg: Config = r.section(Config, {} if data is None else data)
-    return dataclasses.replace(_cross(cfg, r), source=where)
+    data = {} if data is None else data
+    if isinstance(data, dict) and "camera" in data and "cameras" in data:
+        raise r.fail("cameras", "give either camera (one camera) or cameras (a list), not both")
+    if isinstance(data, dict) and data.get("cameras") == []:
+        raise r.fail("cameras", "expected at least one camera (or remove the key)")
+    cfg: Config = r.section(Config, data)
+    listed = isinstance(data, dict) and data.get("cameras") is not None
+    return dataclasses.replace(_cross(cfg, r, listed), source=where)
 
 
-def _cross(cfg: Config, r: Reader) -> Config:
+def _cross(cfg: Config, r: Reader, listed: bool = False) -> Config:
     """What one value cannot say alone: pairs of keys, the model's labels, files."""
-    cam, det, curve = cfg.camera, cfg.detection, cfg.publish.curve
-    if classify_source(cam.source) == "file" and not Path(cam.source).is_file():
-        raise r.fail("camera.source",
-                     f"file {cam.source} not found (a device, URL or pipeline also works)")
-    if (cam.width is None) != (cam.height is None):
-        raise r.fail("camera.width", "set both width and height, or neither")
-    if cam.reconnect_max_s < cam.reconnect_initial_s:
-        raise r.fail("camera.reconnect_max_s", "must be >= reconnect_initial_s")
+    curve = cfg.publish.curve
+    if len(cfg.cameras) > MAX_CAMERAS:
+        raise r.fail("cameras", f"at most {MAX_CAMERAS} cameras, got {len(cfg.cameras)}")
+    names: dict[str, int] = {}
+    for i, cam in enumerate(cfg.cameras):
+        at = f"cameras[{i}]" if listed else "camera"
+        if cam.name in names:
+            raise r.fail(f"{at}.name", f"{show(cam.name)} is also the name of "
+                         f"cameras[{names[cam.name]}]; camera names must be unique")
+        names[cam.name] = i
+        if classify_source(cam.source) == "file" and not Path(cam.source).is_file():
+            raise r.fail(f"{at}.source",
+                         f"file {cam.source} not found (a device, URL or pipeline also works)")
+        if (cam.width is None) != (cam.height is None):
+            raise r.fail(f"{at}.width", "set both width and height, or neither")
+        if cam.reconnect_max_s < cam.reconnect_initial_s:
+            raise r.fail(f"{at}.reconnect_max_s", "must be >= reconnect_initial_s")
     delegate = cfg.inference.delegate
     if delegate.startswith("/") and not Path(delegate).is_file():
         raise r.fail("inference.delegate", f"delegate library {delegate} not found")
@@ -281,14 +342,10 @@ def _cross(cfg: Config, r: Reader) -> Config:
         labels = sidecar.load(cfg.model).labels
     except ModelError as e:
         raise ConfigError(f"{r.where}: model: {e}") from e
-    thresholds = {}
-    for label, value in det.class_thresholds.items():  # a misspelt label first, as it is typed
-        if label not in labels:
-            raise r.fail(f"detection.class_thresholds.{show(label)}", _unknown(label, labels))
-        thresholds[label] = r.at(UNIT, value, f"detection.class_thresholds.{label}")
-    for i, label in enumerate(det.classes or ()):
-        if label not in labels:
-            raise r.fail(f"detection.classes[{i}]", _unknown(label, labels))
+    detection = _labelled(cfg.detection, "detection", labels, r)
+    cameras = tuple(dataclasses.replace(cam, detection=_labelled(
+        cam.detection, f"{f'cameras[{i}]' if listed else 'camera'}.detection", labels, r))
+        for i, cam in enumerate(cfg.cameras))
     if curve is not None:
         if not curve.server_secret_key.is_file():
             raise r.fail("publish.curve.server_secret_key",
@@ -299,8 +356,27 @@ def _cross(cfg: Config, r: Reader) -> Config:
         keys = curve.authorized_keys_dir
         if keys is not None and not keys.is_dir():
             raise r.fail("publish.curve.authorized_keys_dir", f"directory {keys} not found")
-    return dataclasses.replace(cfg, detection=dataclasses.replace(
-        det, class_thresholds=thresholds))
+    return dataclasses.replace(cfg, detection=detection, cameras=cameras)
+
+
+Det = Any  # DetectionConfig, or a camera's overrides of it (a mapping)
+
+
+def _labelled(det: Det, at: str, labels: tuple[str, ...], r: Reader) -> Det:
+    """``det`` with its labels checked against the model's, its class thresholds' values
+    checked (a misspelt label is reported first, as it is typed)."""
+    get = det.get if isinstance(det, Mapping) else lambda k, d=None: getattr(det, k, d)
+    thresholds = {}
+    for label, value in (get("class_thresholds") or {}).items():
+        if label not in labels:
+            raise r.fail(f"{at}.class_thresholds.{show(label)}", _unknown(label, labels))
+        thresholds[label] = r.at(UNIT, value, f"{at}.class_thresholds.{label}")
+    for i, label in enumerate(get("classes") or ()):
+        if label not in labels:
+            raise r.fail(f"{at}.classes[{i}]", _unknown(label, labels))
+    if isinstance(det, Mapping):
+        return {**det, "class_thresholds": thresholds} if "class_thresholds" in det else det
+    return dataclasses.replace(det, class_thresholds=thresholds)
 
 
 def _unknown(label: Any, labels: tuple[str, ...]) -> str:

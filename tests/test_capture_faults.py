@@ -138,7 +138,7 @@ def test_status_reason_follows_reconnect_failures(tmp_path: Path,
         publish={"endpoints": [endpoint], "status_interval_s": 0.2})
     refused = f"cannot connect to 127.0.0.1:{rtsp_camera.port}: Connection refused"
     with Daemon(tmp_path, cfg) as d, Listener(endpoint) as sub:
-        sub.wait_until(lambda m: m[0] == "det/gate", speed.start_deadline(base_s=2.0),
+        sub.wait_until(lambda m: m[0] == "det/gate/", speed.start_deadline(base_s=2.0),
                        "detections from the RTSP camera")
         rtsp_camera.kill()
         # read fails (or times out after 1 s), then reconnects every <= 0.5 s are refused
@@ -210,14 +210,15 @@ def test_native_warnings_become_prioritised_log_lines(tmp_path: Path, speed: Spe
     assert re.search(r"^<4>\[ WARN:\d+@[\d.]+\] global .*VIDEOIO\(FFMPEG\)", text, re.M), text
     assert re.search(r"^<4>\[mov,mp4.* @ 0x[0-9a-f]+\] moov atom not found", text, re.M), text
     if not _journal_takes_our_records():  # else they went to the journal, not the stream
-        assert f"<4>source {bogus} is down: not a readable video (moov atom not found)" in text
+        assert f"<4>gate: source {bogus} is down: not a readable video (moov atom not " \
+            "found)" in text
     # at most 20 native lines per 10 s window (this run: one or two windows), then one count
     # of what was left out
     native = [ln for ln in lines if re.match(r"<\d>\[", ln)]
     assert 20 <= len(native) <= 40, len(native)
     assert re.search(r"^<4>suppressed \d+ more native output lines", text, re.M), text[-2000:]
     if not _journal_takes_our_records():
-        assert "<6>state: source_down -> stopping" in text, text[-500:]
+        assert "<6>state: running -> stopping" in text, text[-500:]
 
 
 CHATTER = r"""

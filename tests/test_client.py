@@ -11,6 +11,7 @@ import zmq
 import zmq.auth
 
 from edged.api.client import DetMessage, StatusMessage, Subscriber
+from edged.api.messages import SCHEMA_VERSION
 from edged.media import SAMPLE_CLIP
 from tests.conftest import run_edged
 from tests.daemon_util import Daemon, free_port, write_config
@@ -39,7 +40,7 @@ def test_typed_iterator_and_sub_command(tmp_path: Path, speed: Speed) -> None:
         with Subscriber([ep]) as sub:
             det = _first(sub, DetMessage, speed.start_deadline())
             st = _first(sub, StatusMessage, speed.deadline(base_s=1.0))
-        assert isinstance(det, DetMessage) and det.topic == "det/roof"
+        assert isinstance(det, DetMessage) and det.topic == "det/roof/"
         assert det.width == 1280 and det.backend == "cpu" and det.latency_ms["total"] > 0
         assert isinstance(st, StatusMessage) and st.state == "running"
         # `edged sub` starts (a fresh Python, like the daemon) and waits for three messages
@@ -50,7 +51,7 @@ def test_typed_iterator_and_sub_command(tmp_path: Path, speed: Speed) -> None:
         assert len(lines) == 3 and all(m["kind"] == "detections" for m in lines)
         human = run_edged("sub", ep, "--topic", "status/", "--count", "1",
                           timeout=speed.start_deadline(base_s=1.0))
-        assert human.stdout.startswith("status/roof running on cpu")
+        assert human.stdout.startswith("status/roof/ running on cpu")
         assert d.stop()[0] == 0
 
 
@@ -88,7 +89,8 @@ def test_curve_only_authorized_clients(tmp_path: Path, speed: Speed) -> None:
         assert d.stop()[0] == 0
 
 
-GOOD = {"v": 1, "kind": "detections", "camera": "c", "seq": 0, "frame_seq": 0, "ts_ns": 1,
+GOOD = {"v": SCHEMA_VERSION, "kind": "detections", "camera": "c", "seq": 0, "frame_seq": 0,
+        "ts_ns": 1,
         "frame": {"width": 10, "height": 10}, "model": "m", "backend": "cpu",
         "latency_ms": {"preprocess": 1, "inference": 1, "postprocess": 1, "total": 3},
         "detections": [{"class_id": 0, "label": "a", "score": 0.5, "box": [0, 0, 1, 1],
@@ -98,7 +100,7 @@ GOOD = {"v": 1, "kind": "detections", "camera": "c", "seq": 0, "frame_seq": 0, "
 @pytest.mark.parametrize("bad", [
     [b"det/c", b"not json"],
     [b"det/c", b"\xff\xfe"],
-    [b"det/c", json.dumps({**GOOD, "v": 2}).encode()],
+    [b"det/c", json.dumps({**GOOD, "v": SCHEMA_VERSION + 1}).encode()],
     [b"det/c", json.dumps({k: v for k, v in GOOD.items() if k != "frame"}).encode()],
     [b"det/c", json.dumps({**GOOD, "detections": [{"box": [1, 2]}]}).encode()],
     [b"det/c", json.dumps({**GOOD, "kind": "gossip"}).encode()],

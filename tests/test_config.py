@@ -165,7 +165,7 @@ def test_stale_ipc_file_is_reclaimed(tmp_path: Path) -> None:
     from edged.pipeline.publish import Publisher
     from tests.test_messages import STATUS
 
-    pub = Publisher(cfg.publish, "cam", lambda: STATUS)
+    pub = Publisher(cfg.publish, lambda: [STATUS])
     pub.bind()
     try:
         assert path.exists() and oct(path.stat().st_mode & 0o777) == oct(0o660)

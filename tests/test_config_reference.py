@@ -36,7 +36,8 @@ def test_example_documents_every_declared_key_with_its_default() -> None:
     text = EXAMPLE.read_text(encoding="utf-8")
     for key, *_ in rows(Config):
         *sections, name = key.split(".")
-        if "curve" in sections:  # commented out in the example: curve is off by default
+        # commented out in the example: curve is off by default, cameras is camera's long form
+        if "curve" in sections or key == "cameras":
             assert re.search(rf"^\s*#\s*{name}:", text, re.M), key
             continue
         node = data
@@ -47,7 +48,8 @@ def test_example_documents_every_declared_key_with_its_default() -> None:
     example = parse_config(data, "example")
     camera = dataclasses.replace(example.camera, name=Config().camera.name,
                                  source=Config().camera.source)
-    assert dataclasses.replace(example, camera=camera, source=Config().source) == Config()
+    assert dataclasses.replace(example, camera=camera, cameras=(camera,),
+                               source=Config().source) == Config()
 
 
 def test_cli_and_engine_defaults_are_the_declared_ones() -> None:
@@ -84,7 +86,7 @@ def test_engine_config_checks_what_the_config_file_checks(kwargs: dict[str, Any]
     ("inference", {"delegate_options": {"a": [1]}},
      "inference.delegate_options.a: expected a scalar, got [1]"),
     ("camera", {"nmae": "x"}, "camera.nmae: unknown key (did you mean 'name'?)"),
-    ("camera", {"zzz": "x"}, "camera.zzz: unknown key (allowed: fps_limit, height, loop, name"),
+    ("camera", {"zzz": "x"}, "camera.zzz: unknown key (allowed: detection, fps_limit, height"),
 ])
 def test_every_bad_value_is_one_config_error(section: str, values: dict[str, Any],
                                              says: str) -> None:

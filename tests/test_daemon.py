@@ -49,7 +49,7 @@ def test_end_to_end_messages_schema_seq_birds_status(tmp_path: Path, speed: Spee
     cfg = _config(tmp_path, port, inference={"threads": 2})
     with Daemon(tmp_path, cfg) as d, Listener(f"tcp://127.0.0.1:{port}") as sub:
         # A frame from the clip's second pass: the file loops (capture seq counts on).
-        sub.wait_until(lambda m: m[0] == "det/balcony" and m[1]["frame_seq"] > clip.frames,
+        sub.wait_until(lambda m: m[0] == "det/balcony/" and m[1]["frame_seq"] > clip.frames,
                        speed.start_deadline(base_s=clip.duration_s), "the clip's second pass")
         sub.wait_count(state_is("running"), 3, speed.deadline(base_s=3.0),
                        "periodic running statuses")
@@ -60,7 +60,7 @@ def test_end_to_end_messages_schema_seq_birds_status(tmp_path: Path, speed: Spee
     assert "Traceback" not in d.stderr
     for topic, msg, _ in sub.messages:
         VALIDATOR.validate(msg)
-        assert topic == f"{'det' if msg['kind'] == 'detections' else 'status'}/balcony"
+        assert topic == f"{'det' if msg['kind'] == 'detections' else 'status'}/balcony/"
     det = dets(sub)
     seqs = [m["seq"] for m in det]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # no gaps
@@ -99,7 +99,7 @@ def test_default_run_without_config(tmp_path: Path, speed: Speed) -> None:
     _wait_port_free(5556, 60)
     with Daemon(tmp_path, None) as d, Listener("tcp://127.0.0.1:5556") as sub:
         d.wait_stderr("publishing on tcp://127.0.0.1:5556", speed.start_deadline())
-        _, msg, _ = sub.wait_until(lambda m: m[0] == "det/sample", speed.start_deadline(),
+        _, msg, _ = sub.wait_until(lambda m: m[0] == "det/sample/", speed.start_deadline(),
                                    "a det/sample message")
         VALIDATOR.validate(msg)
         assert d.proc.poll() is None, d.stderr  # ours, not another process's on that port

@@ -147,8 +147,7 @@ def test_a_message_json_cannot_carry_never_kills_the_publisher() -> None:
     nothing was published again, the status stayed "running" and SIGTERM hung in term()."""
     port = free_port()
     ep = f"tcp://127.0.0.1:{port}"
-    pub = Publisher(PublishConfig(endpoints=(ep,), status_interval_s=3600), "cam",
-                    lambda: STATUS)
+    pub = Publisher(PublishConfig(endpoints=(ep,), status_interval_s=3600), lambda: [STATUS])
     pub.bind()
     pub.start()
     ctx = zmq.Context()

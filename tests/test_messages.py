@@ -22,6 +22,7 @@ from edged.api.messages import (
     Latency,
     MalformedMessage,
     Percentiles,
+    ProcessStatus,
     ReloadStatus,
     SourceStatus,
     StatusMessage,
@@ -45,6 +46,10 @@ STATUS = StatusMessage(
     SourceStatus("rtsp://viewer:***@cam/stream", None, 0, (1280, 720)),
     {"total": Percentiles(12.5, 14.1, 17.0)}, 0, ("tcp://127.0.0.1:5556",),
     ReloadStatus("in_progress", 1_763_800_000_500_000_000, None, "loading_model", 120.0, None))
+PROCESS = ProcessStatus(
+    4, "running", 1_763_800_001_000_000_000, 17.0, "yolov3-tiny-416", "vx", None,
+    "tflite_runtime", 0.62, 34.8, 590, {"roof": "running", "roof2": "source_down"}, 0,
+    ("tcp://127.0.0.1:5556",), None)
 
 
 def test_schema_file_is_generated_from_the_declarations() -> None:
@@ -68,23 +73,31 @@ def _readme_examples() -> list[dict[str, Any]]:
 
 def test_readme_examples_are_valid_messages() -> None:
     examples = _readme_examples()
-    assert {e["kind"] for e in examples} == {"detections", "status"}
+    assert {e["kind"] for e in examples} == {"detections", "status", "process"}
     for example in examples:
         VALIDATOR.validate(example)
         assert to_wire(decode(json.dumps(example).encode())) == example
 
 
-@pytest.mark.parametrize("message", [DET, STATUS], ids=["det", "status"])
-def test_encode_validates_and_decodes_to_the_same_value(message: DetMessage | StatusMessage
-                                                        ) -> None:
+@pytest.mark.parametrize("message", [DET, STATUS, PROCESS], ids=["det", "status", "process"])
+def test_encode_validates_and_decodes_to_the_same_value(
+        message: DetMessage | StatusMessage | ProcessStatus) -> None:
     payload = encode(message)
     VALIDATOR.validate(json.loads(payload))
     assert decode(payload) == message
-    assert message.topic == f"{message.TOPIC}/roof"
+    # a camera's topics end in "/": det/roof/ is no prefix of det/roof2/
+    assert message.topic == ("process/" if message is PROCESS else f"{message.TOPIC}/roof/")
+
+
+def test_a_camera_state_the_schema_does_not_know_fails_validation() -> None:
+    bad = {**json.loads(encode(PROCESS)), "cameras": {"roof": "sleeping"}}
+    with pytest.raises(jsonschema.ValidationError):
+        VALIDATOR.validate(bad)
+    assert decode(json.dumps(bad).encode()).cameras == {"roof": "sleeping"}  # tolerant client
 
 
 def test_every_declared_field_is_in_the_schema_and_the_wire() -> None:
-    for message in (DET, STATUS):
+    for message in (DET, STATUS, PROCESS):
         wire = to_wire(message)
         props = schema.build_schema()["$defs"][type(message).__name__]["properties"]
         declared = [f.name for f in dataclasses.fields(message) if f.metadata.get("wire", True)]
@@ -134,7 +147,7 @@ def _with(path: str, value: Any) -> bytes:
     (_with("latency_ms.total", int("1" + "0" * 400)), "latency_ms.total: expected a finite "
      "number, got a huge integer"),
     (_with("detections.0.box.3", "x"), "detections[0].box[3]: expected a finite number"),
-    (_with("v", True), "not a version-1 edged message"),
+    (_with("v", True), "not a version-2 edged message"),
     (_with("frame", KeyError), "<top>: missing 'frame'"),
     (_with("frame.width", None), "frame.width: expected an integer, got NoneType"),
     (_with("latency_ms.total", "fast"), "latency_ms.total: expected a finite number, got str"),
@@ -142,9 +155,9 @@ def _with(path: str, value: Any) -> bytes:
     (_with("detections.0.score", 1e999), "detections[0].score: expected a finite number"),
     (_with("detections", {}), "detections: expected an array, got dict"),
     (_with("camera", 5), "camera: expected a string, got int"),
-    (_with("v", 2), "not a version-1 edged message"),
+    (_with("v", 1), "not a version-2 edged message"),
     (_with("kind", "gossip"), "unknown kind gossip"),
-    (b"[1, 2]", "not a version-1 edged message"),
+    (b"[1, 2]", "not a version-2 edged message"),
     (b"\xff", "not UTF-8 JSON"),
     (b"[" * 100_000, "not UTF-8 JSON"),
 ])
@@ -158,9 +171,9 @@ def test_decoder_ignores_unknown_fields_and_values() -> None:
     """A newer daemon may add fields and enum values (a backend): old clients keep working,
     and ``raw`` is the payload as received."""
     data = {**GOOD, "new_field": {"x": 1}, "backend": "hailo", "seq": 7.0}
-    msg = decode(json.dumps(data).encode(), "det/roof")
+    msg = decode(json.dumps(data).encode(), "det/roof/")
     assert isinstance(msg, DetMessage) and msg.backend == "hailo" and msg.seq == DET.seq
-    assert msg.raw == data and msg.topic == "det/roof"
+    assert msg.raw == data and msg.topic == "det/roof/"
     assert msg.latency_ms["total"] == 12.5  # plain-JSON clients indexed it like this
 
 

@@ -100,7 +100,7 @@ def test_rtsp_source_vanishes_and_returns_three_times(tmp_path: Path, rtsp_camer
     noticed: list[float] = []
     with Daemon(tmp_path, cfg) as d, Listener(endpoint) as sub:
         # start-up, then the RTSP open (FFmpeg probes about a second of the stream)
-        sub.wait_until(lambda m: m[0] == "det/gate", speed.start_deadline(base_s=2.0),
+        sub.wait_until(lambda m: m[0] == "det/gate/", speed.start_deadline(base_s=2.0),
                        "detections from the RTSP camera")
         for cycle in range(3):
             killed = time.monotonic()
@@ -120,7 +120,7 @@ def test_rtsp_source_vanishes_and_returns_three_times(tmp_path: Path, rtsp_camer
             def fresh(m: tuple[str, dict[str, Any], int], t: int = back_ns) -> bool:
                 """A det message for a frame captured after the camera's return (ts_ns is
                 the capture's wall clock), not one still in flight from before."""
-                return m[0] == "det/gate" and int(m[1]["ts_ns"]) >= t
+                return m[0] == "det/gate/" and int(m[1]["ts_ns"]) >= t
 
             _, det, _ = sub.wait_until(fresh, speed.deadline(base_s=RESUME_BOUND_S),
                                        f"detections again (cycle {cycle})")

@@ -29,6 +29,7 @@ from edged.config import PublishConfig
 from edged.pipeline.publish import QUEUE_SIZE, Publisher
 from edged.pipeline.slot import Frame, LatestFrameSlot
 from edged.pipeline.stats import PipelineStats
+from edged.pipeline.worker import Lane, WeightedRoundRobin
 from tests.daemon_util import free_port
 
 DEADLINE_S = 30.0  # bounds a failing test only
@@ -115,6 +116,62 @@ def test_wait_taken_returns_once_the_consumer_took_the_frame() -> None:
     assert got and got[0] is not None and got[0].seq == 0
 
 
+def test_one_condition_wakes_the_consumer_for_any_camera() -> None:
+    """The worker waits once for a frame from any camera: slots sharing a condition wake it
+    whichever camera's frame comes first."""
+    cond = threading.Condition()
+    slots = [LatestFrameSlot(PipelineStats(), cond) for _ in range(3)]
+    woke: list[int] = []
+
+    def consume() -> None:
+        with cond:
+            assert cond.wait_for(lambda: any(s.ready for s in slots), DEADLINE_S)
+            woke.extend(i for i, s in enumerate(slots) if s.ready and s.take() is not None)
+
+    t = threading.Thread(target=consume)
+    t.start()
+    time.sleep(0.05)  # (not needed for correctness: a put before the wait is seen by wait_for)
+    slots[2].put(_frame(7))
+    t.join(DEADLINE_S)
+    assert woke == [2] and not slots[2].ready
+
+
+# --- the scheduler ------------------------------------------------------------------------------
+
+def _lanes(*weights: int) -> list[Lane]:
+    return [Lane(f"cam{i}", LatestFrameSlot(PipelineStats()), None, PipelineStats(),  # type: ignore[arg-type]
+                 w) for i, w in enumerate(weights)]
+
+
+def _turns(rr: WeightedRoundRobin, ready: list[Lane], n: int) -> list[str]:
+    return [rr.pick(ready).camera for _ in range(n)]
+
+
+def test_cameras_with_equal_weights_take_turns() -> None:
+    lanes = _lanes(1, 1, 1)
+    assert _turns(WeightedRoundRobin(), lanes, 9) == ["cam0", "cam1", "cam2"] * 3
+
+
+def test_a_weight_of_two_gets_two_frames_for_one_interleaved() -> None:
+    lanes = _lanes(2, 1)
+    got = _turns(WeightedRoundRobin(), lanes, 300)
+    assert got.count("cam0") == 200 and got.count("cam1") == 100
+    assert "cam1cam1" not in "".join(got)  # never twice in a row: interleaved, not batched
+    assert "cam0cam0cam0" not in "".join(got)
+
+
+def test_a_camera_without_frames_saves_no_credit_for_a_burst() -> None:
+    """A camera that had no frame for a while (a reconnect) gets its turn again when it is
+    back, but not a burst that would starve the others."""
+    lanes = _lanes(1, 1, 1)
+    rr = WeightedRoundRobin()
+    _turns(rr, lanes[:2], 101)  # cam2 away; cam0 and cam1 alternate
+    back = _turns(rr, lanes, 30)
+    assert max(back.count(c) for c in ("cam0", "cam1", "cam2")) - \
+        min(back.count(c) for c in ("cam0", "cam1", "cam2")) <= 1
+    assert "cam2cam2" not in "".join(back)
+
+
 # --- the stats -----------------------------------------------------------------------------------
 
 def test_snapshot_has_no_side_effect() -> None:
@@ -167,6 +224,17 @@ def test_rates_move_with_the_window_not_with_reads() -> None:
     assert stats.snapshot().fps_out == 16.0
 
 
+def test_load_is_the_busy_share_of_the_window() -> None:
+    clock = Clock()
+    stats = PipelineStats(clock=clock, rate_window_s=2.0)
+    for _ in range(32):  # 16 fps, 6 ms each: busy 96 ms of every second
+        clock.t += 0.0625
+        stats.record(LAT)
+    assert stats.snapshot().load == pytest.approx(0.096)
+    clock.t += 3.0
+    assert stats.snapshot().load == 0.0
+
+
 def test_stats_reject_an_empty_window() -> None:
     with pytest.raises(ValueError, match="window"):
         PipelineStats(window=0)
@@ -212,7 +280,7 @@ def _wait_status(sub: zmq.Socket[bytes], pub: Publisher | None = None) -> None:
     deadline = time.monotonic() + DEADLINE_S
     while True:
         if pub is not None:
-            pub.send_status(_status())
+            pub.send_status([_status()])
         assert time.monotonic() < deadline, "no status arrived"
         if sub.poll(100) and isinstance(decode(sub.recv_multipart()[1]), StatusMessage):
             return
@@ -234,13 +302,13 @@ def test_a_full_queue_drops_the_oldest_message_and_counts_it(
     ep = f"tcp://127.0.0.1:{free_port()}"
     hold, held, release = threading.Event(), threading.Event(), threading.Event()
 
-    def status() -> StatusMessage:  # runs in the publisher's thread: a seam to stall it
+    def status() -> list[StatusMessage]:  # runs in the publisher's thread: a seam to stall it
         if hold.is_set():
             held.set()
             release.wait(DEADLINE_S)
-        return _status()
+        return [_status()]
 
-    pub = Publisher(PublishConfig(endpoints=(ep,), status_interval_s=0.05), "cam", status)
+    pub = Publisher(PublishConfig(endpoints=(ep,), status_interval_s=0.05), status)
     pub.bind()
     pub.start()
     try:
@@ -267,8 +335,8 @@ def test_a_subscriber_that_does_not_read_stalls_nobody(
     """At its SNDHWM ZeroMQ drops for the slow subscriber only: the publisher never blocks
     (it drops nothing itself), and a reading subscriber gets every message, in order."""
     ep = f"tcp://127.0.0.1:{free_port()}"
-    pub = Publisher(PublishConfig(endpoints=(ep,), sndhwm=4, status_interval_s=3600), "cam",
-                    _status)
+    pub = Publisher(PublishConfig(endpoints=(ep,), sndhwm=4, status_interval_s=3600),
+                    lambda: [_status()])
     pub.bind()
     pub.start()
     try:

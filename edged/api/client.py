@@ -1,8 +1,8 @@
 """Python subscribers: a typed iterator over edged's messages.
 
     from edged.api.client import Subscriber
-    with Subscriber(["tcp://127.0.0.1:5556"], topics=["det/"]) as sub:
-        for msg in sub:                      # DetMessage | StatusMessage
+    with Subscriber(["tcp://127.0.0.1:5556"], topics=["det/"], cameras=["balcony"]) as sub:
+        for msg in sub:                      # DetMessage (and StatusMessage, ProcessStatus)
             for d in msg.detections:
                 print(d.label, d.score, d.box)
 
@@ -26,12 +26,14 @@ from edged.api.messages import (
     DetMessage,
     MalformedMessage,
     Message,
+    ProcessStatus,
     StatusMessage,
     decode,
+    topic_str,
 )
 
-__all__ = ["DetMessage", "Detection", "MalformedMessage", "Message", "StatusMessage",
-           "Subscriber", "parse"]
+__all__ = ["DetMessage", "Detection", "MalformedMessage", "Message", "ProcessStatus",
+           "StatusMessage", "Subscriber", "parse", "topics_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +51,27 @@ def parse(frames: Sequence[bytes]) -> Message:
     return decode(frames[1], topic)
 
 
+def topics_for(topics: Sequence[str], cameras: Sequence[str] | None) -> list[str]:
+    """The subscriptions for ``topics`` narrowed to ``cameras``: a kind prefix (``det/``,
+    ``status/``) becomes one topic per camera (``det/roof/``); other topics stay as they are
+    (``process/`` has no camera)."""
+    if not cameras:
+        return list(topics)
+    out: list[str] = []
+    for t in topics:
+        kind = t[:-1] if t.endswith("/") and t.count("/") == 1 else None
+        out += [topic_str(kind, c) for c in cameras] if kind in ("det", "status") else [t]
+    return out
+
+
 class Subscriber:
     def __init__(self, endpoints: Sequence[str], topics: Sequence[str] = ("det/", "status/"),
                  server_public_key: Path | bytes | None = None,
-                 client_certificate: Path | None = None, rcvhwm: int = 1000) -> None:
-        """``server_public_key`` (a cert file or the Z85 key) turns CURVE on; the client then
+                 client_certificate: Path | None = None, rcvhwm: int = 1000,
+                 cameras: Sequence[str] | None = None) -> None:
+        """``topics``: kinds (``det/``, ``status/``, ``process/``) or whole topics
+        (``det/roof/``); ``cameras``: only these cameras' messages of those kinds.
+        ``server_public_key`` (a cert file or the Z85 key) turns CURVE on; the client then
         uses ``client_certificate`` (a secret cert file) or a fresh ephemeral key pair."""
         self._ctx = zmq.Context()
         self._sock: zmq.Socket[bytes] = self._ctx.socket(zmq.SUB)
@@ -72,7 +90,7 @@ class Subscriber:
             self._sock.curve_serverkey = server_public_key
             self._sock.curve_publickey = pub
             self._sock.curve_secretkey = sec
-        for t in topics:
+        for t in topics_for(topics, cameras):
             self._sock.setsockopt(zmq.SUBSCRIBE, t.encode())
         for ep in endpoints:
             self._sock.connect(ep)

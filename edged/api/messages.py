@@ -35,12 +35,12 @@ from typing import (
 if TYPE_CHECKING:
     from edged.core.types import Detections
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: topics end in "/" (det/roof/ never matches det/roof2/); process/
 
 
 def describe(doc: str = "", **schema: Any) -> Any:
     """A required field with its doc and extra JSON Schema keywords (``minimum``, ...);
-    ``keys=(...)`` names the allowed keys of a mapping."""
+    ``keys=(...)`` names the allowed keys of a mapping, ``values=(...)`` its allowed values."""
     return field(metadata={"doc": doc, "schema": schema})
 
 
@@ -49,6 +49,8 @@ Box = tuple[float, float, float, float]
 # working when a newer daemon adds a backend or a state.
 BACKENDS = ("cpu", "vx", "ethosu", "external")
 STATES = ("starting", "warming_up", "running", "source_down", "stopping", "reloading")
+# The process: serving (running) or not yet/no longer; a camera's own state is in ``cameras``.
+PROCESS_STATES = ("starting", "warming_up", "running", "stopping", "reloading")
 RELOAD_STATES = ("in_progress", "applied", "partial", "unchanged", "rejected", "timed_out",
                  "abandoned")
 RELOAD_PHASES = ("reading", "loading_model", "building", "applying", "done")
@@ -94,13 +96,11 @@ class Latency:
 
 
 @dataclass(frozen=True, slots=True)
-class Published:
-    """What every kind starts with; its topic is ``<TOPIC>/<camera>``."""
+class Envelope:
+    """What every kind has besides its wire fields: the topic and the payload as received."""
 
     KIND: ClassVar[str]
     TOPIC: ClassVar[str]
-    camera: str = describe("camera.name of the config", minLength=1)
-    seq: int = describe("+1 per message of this kind: a gap means lost messages", minimum=0)
     # Not on the wire: the topic frame a subscriber received this on (or the one it goes out on).
     topic: str = field(default="", kw_only=True, compare=False, repr=False,
                        metadata={"wire": False})
@@ -110,7 +110,10 @@ class Published:
 
     def __post_init__(self) -> None:
         if not self.topic:
-            object.__setattr__(self, "topic", topic_str(self.TOPIC, self.camera))
+            object.__setattr__(self, "topic", self.topic_of())
+
+    def topic_of(self) -> str:
+        return f"{self.TOPIC}/"
 
     @property
     def raw(self) -> dict[str, Any]:
@@ -119,6 +122,18 @@ class Published:
             return self.payload
         wire: dict[str, Any] = to_wire(self)
         return wire
+
+
+@dataclass(frozen=True, slots=True)
+class Published(Envelope):
+    """A camera's message; its topic is ``<TOPIC>/<camera>/``."""
+
+    camera: str = describe("camera name (`cameras[].name` of the config)", minLength=1)
+    seq: int = describe("+1 per message of this kind and camera: a gap means lost messages",
+                        minimum=0)
+
+    def topic_of(self) -> str:
+        return topic_str(self.TOPIC, self.camera)
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,15 +236,50 @@ class StatusMessage(Published):
         "the reload in progress, or the outcome of the last one; null before the first SIGHUP")
 
 
-Message = DetMessage | StatusMessage
-KINDS: tuple[type[DetMessage] | type[StatusMessage], ...] = (DetMessage, StatusMessage)
+@dataclass(frozen=True, slots=True)
+class ProcessStatus(Envelope):
+    """``process/``: what the cameras share (the model, the accelerator, the publisher), every
+    ``status_interval_s`` and on every state change, next to each camera's ``status/<camera>/``."""
+
+    KIND: ClassVar[str] = "process"
+    TOPIC: ClassVar[str] = "process"
+    seq: int = describe("+1 per process status: a gap means lost messages", minimum=0)
+    state: str = describe("the process; each camera's own state is in `cameras`",
+                          enum=PROCESS_STATES)
+    ts_ns: int = describe("when this status was taken, Unix epoch nanoseconds")
+    uptime_s: float = describe(minimum=0)
+    model: str = describe("the model's name (its file stem)")
+    backend: str = describe("what runs the inference (none: no model loaded yet)",
+                            enum=(*BACKENDS, "none"))
+    fallback_reason: str | None = describe("why the configured accelerator is not in use")
+    runtime: str = describe("the TFLite runtime in use (ai_edge_litert, tflite_runtime, ...)")
+    inference_load: float = describe(
+        "share of the recent time the inference worker was busy with a frame (1: every camera "
+        "waits for it)", minimum=0, maximum=1)
+    fps_out: float = describe("frames inferred per second, recent, all cameras", minimum=0)
+    frames_out: int = describe("frames inferred since start, all cameras", minimum=0)
+    cameras: Mapping[str, str] = describe("camera name -> its state (as in its status)",
+                                          values=STATES)
+    publish_dropped: int = describe(
+        "messages edged dropped itself: its queue full, or a value JSON cannot carry (not "
+        "counting ZeroMQ's HWM drops)", minimum=0)
+    endpoints: tuple[str, ...] = describe(
+        "endpoints bound now (a configured one missing here is being retried)")
+    reload: ReloadStatus | None = describe(
+        "the reload in progress, or the outcome of the last one; null before the first SIGHUP")
+
+
+Message = DetMessage | StatusMessage | ProcessStatus
+KINDS: tuple[type[DetMessage] | type[StatusMessage] | type[ProcessStatus], ...] = (
+    DetMessage, StatusMessage, ProcessStatus)
 
 
 # --- topics and encoding ---------------------------------------------------------------------
 
 def topic_str(prefix: str, camera: str) -> str:
-    """``det/<camera>`` or ``status/<camera>``: no topic of one kind prefixes the other."""
-    return f"{prefix}/{camera}"
+    """``det/<camera>/``: the final ``/`` (never in a camera name) keeps a camera's topic from
+    being a prefix of another's (ZeroMQ matches prefixes: ``det/roof`` matched ``det/roof2``)."""
+    return f"{prefix}/{camera}/"
 
 
 @cache

@@ -13,7 +13,7 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin
 
-from edged.api.messages import KINDS, SCHEMA_VERSION, _hints
+from edged.api.messages import KINDS, SCHEMA_VERSION, Published, _hints
 
 SCHEMA_PATH = Path(__file__).with_name("messages.schema.json")
 README = Path(__file__).parents[2] / "README.md"  # in a checkout; --write updates its reference
@@ -58,7 +58,9 @@ def _type(tp: Any, defs: dict[str, Any]) -> dict[str, Any]:
 def _with_keywords(sch: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """Bounds apply to the numbers themselves, or to the items of an array of numbers."""
     extra = {k: list(v) if isinstance(v, tuple) else v for k, v in extra.items()}
-    keys = extra.pop("keys", None)
+    keys, values = extra.pop("keys", None), extra.pop("values", None)
+    if values is not None:  # the allowed values of a mapping
+        sch["additionalProperties"] = {**sch["additionalProperties"], "enum": values}
     if keys is not None:  # a mapping with named keys
         value = sch.pop("additionalProperties")
         sch.update(additionalProperties=False, properties={k: value for k in keys})
@@ -92,7 +94,8 @@ def _object(cls: type, defs: dict[str, Any]) -> dict[str, Any]:
 def build_schema() -> dict[str, Any]:
     defs: dict[str, Any] = {}
     refs = [_type(cls, defs) for cls in KINDS]
-    topics = " or ".join(f"{cls.TOPIC}/<camera>" for cls in KINDS)
+    topics = " or ".join(f"{cls.TOPIC}/<camera>/" if issubclass(cls, Published) else
+                         f"{cls.TOPIC}/" for cls in KINDS)
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": f"https://edged.example/schema/messages-v{SCHEMA_VERSION}.json",
@@ -122,6 +125,8 @@ def _type_name(sch: dict[str, Any]) -> str:
     if t == "array":
         n = f"{sch['minItems']} " if "minItems" in sch else ""
         return f"array of {n}{_type_name(sch['items'])}"
+    if t == "object" and "properties" not in sch:
+        return f"object of {_type_name(sch['additionalProperties'])}"
     if t == "object":
         keys = ", ".join(f"`{k}`" for k in sch.get("properties", {}))
         return f"object ({keys}) of {_type_name(next(iter(sch['properties'].values())))}"

@@ -199,7 +199,7 @@ class CaptureThread(StageThread):
         # A daemon thread, against our own rule, for one reason: a read() blocked inside FFmpeg
         # or V4L2 cannot be interrupted, and must not hold the process past a 2 s SIGTERM stop.
         # The capture is released by this thread itself on every normal exit path.
-        super().__init__("edged-capture", daemon=True)
+        super().__init__(f"edged-capture/{spec.name}", daemon=True)  # log.py: CAMERA
         self.spec = spec
         self.slot = slot
         self._on_state = on_state
@@ -220,12 +220,13 @@ class CaptureThread(StageThread):
         self._up = up
         self._reason = "" if up else reason
         if up:
-            logger.info("source %s is up", shown(self.spec.source))
+            logger.info("%s: source %s is up", self.spec.name, shown(self.spec.source))
         elif flipped:
-            logger.warning("source %s is down: %s", shown(self.spec.source), shown(reason))
+            logger.warning("%s: source %s is down: %s", self.spec.name,
+                           shown(self.spec.source), shown(reason))
         else:
-            logger.warning("source %s is still down: %s", shown(self.spec.source),
-                           shown(reason))
+            logger.warning("%s: source %s is still down: %s", self.spec.name,
+                           shown(self.spec.source), shown(reason))
         self._on_state(up, reason)
 
     def _check_size(self, image: np.ndarray, is_file: bool) -> None:
@@ -236,13 +237,13 @@ class CaptureThread(StageThread):
             return
         old, self.frame_size = self.frame_size, size
         if old is not None:
-            logger.warning("source %s changed resolution from %s to %s",
+            logger.warning("%s: source %s changed resolution from %s to %s", self.spec.name,
                            shown(self.spec.source),
                            _size(old), _size(size))
         want = (self.spec.width, self.spec.height)
         if want[0] and want[1] and not is_file and size != want:
-            logger.warning("source %s delivers %s, not the configured %dx%d: resized",
-                           shown(self.spec.source), _size(size), want[0], want[1])
+            logger.warning("%s: source %s delivers %s, not the configured %dx%d: resized",
+                           self.spec.name, shown(self.spec.source), _size(size), want[0], want[1])
 
     def _run(self) -> None:
         backoff = self.spec.reconnect_initial_s
@@ -287,7 +288,8 @@ class CaptureThread(StageThread):
                 backoff = self.spec.reconnect_initial_s  # it worked for a while: start over
             self._state(False, reason)
             self.reconnects += 1
-            logger.debug("reconnecting to %s in %.2f s", shown(self.spec.source), backoff)
+            logger.debug("%s: reconnecting to %s in %.2f s", self.spec.name,
+                         shown(self.spec.source), backoff)
             self._stop.wait(backoff)
             backoff = min(backoff * 2, self.spec.reconnect_max_s)
 

@@ -16,7 +16,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
-from edged.api.messages import DetMessage, Message, StatusMessage, encode
+from edged.api.messages import DetMessage, Message, encode
 from edged.config import CurveConfig, PublishConfig
 from edged.errors import ConfigError, EdgedError, first_line
 from edged.pipeline.stage import StageThread
@@ -114,9 +114,8 @@ def _warn_if_exposed(cfg: PublishConfig) -> None:
 class _Command:
     """A reconfiguration run by the publisher thread (the socket's only user)."""
 
-    def __init__(self, cfg: PublishConfig, camera: str) -> None:
+    def __init__(self, cfg: PublishConfig) -> None:
         self.cfg = cfg
-        self.camera = camera
         self.done = threading.Event()
         self.result: list[str] = []
         self.error: EdgedError | None = None
@@ -158,17 +157,18 @@ def _check_ipc_path(path: str, where: str) -> None:
 
 
 class Publisher(StageThread):
-    def __init__(self, cfg: PublishConfig, camera: str,
-                 status_fn: Callable[[], StatusMessage]) -> None:
+    def __init__(self, cfg: PublishConfig,
+                 status_fn: Callable[[], Sequence[Message]]) -> None:
+        """``status_fn``: the status messages to send every ``status_interval_s`` (the
+        process's and each camera's)."""
         # A daemon thread: a peer flood can keep libzmq busy inside send() for long; the
         # process must still exit within 2 s of SIGTERM (the join below gives up, and an
         # unfinished thread does not hold the interpreter).
         super().__init__("edged-publish", daemon=True)
         self.cfg = cfg
-        self.camera = camera
         self._status_fn = status_fn
         self._queue: queue.Queue[DetMessage] = queue.Queue(QUEUE_SIZE)
-        self._status_queue: queue.SimpleQueue[StatusMessage] = queue.SimpleQueue()
+        self._status_queue: queue.SimpleQueue[Sequence[Message]] = queue.SimpleQueue()
         self._ctx = zmq.Context()
         self._sock: zmq.Socket[bytes] | None = None
         self._auth: ThreadAuthenticator | None = None
@@ -275,13 +275,13 @@ class Publisher(StageThread):
         except PublishError:
             return True
 
-    def reconfigure(self, cfg: PublishConfig, camera: str) -> list[str]:
+    def reconfigure(self, cfg: PublishConfig) -> list[str]:
         """Apply new publish settings, keeping every subscriber connected unless the security
         changed or a client key was revoked (then every connection is reset, so a revoked
         client is cut off at once and the others reconnect by themselves). Returns what
         changed. ``PublishError``: nothing changed (a new endpoint cannot be bound, a key
         cannot be read)."""
-        cmd = _Command(cfg, camera)
+        cmd = _Command(cfg)
         self._commands.put(cmd)
         while not cmd.done.wait(0.1):
             if not self.is_alive():
@@ -294,13 +294,13 @@ class Publisher(StageThread):
         while not self._commands.empty():
             cmd = self._commands.get_nowait()
             try:
-                cmd.result = self._reconfigure(cmd.cfg, cmd.camera)
+                cmd.result = self._reconfigure(cmd.cfg)
             except EdgedError as e:
                 cmd.error = e
             finally:
                 cmd.done.set()
 
-    def _reconfigure(self, new: PublishConfig, camera: str) -> list[str]:
+    def _reconfigure(self, new: PublishConfig) -> list[str]:
         """Never unbinds an endpoint that stays: a port released even for a moment can be
         taken by any local process (and subscribers would then reconnect to it)."""
         sock = self._sock
@@ -359,9 +359,6 @@ class Publisher(StageThread):
             for ep in self.bound:
                 if ep.startswith("ipc://"):
                     os.chmod(ep[6:], new.ipc_mode)
-        if camera != self.camera:
-            self.camera = camera  # topics come from each message's camera
-            changes.append(f"topics for camera {camera}")
         self.cfg = new
         return changes
 
@@ -418,9 +415,9 @@ class Publisher(StageThread):
                 except queue.Empty:
                     pass
 
-    def send_status(self, message: StatusMessage) -> None:
-        """Publish this status snapshot (taken at a state change) as soon as possible."""
-        self._status_queue.put(message)
+    def send_status(self, messages: Sequence[Message]) -> None:
+        """Publish these status snapshots (taken at a state change) as soon as possible."""
+        self._status_queue.put(messages)
 
     # --- the thread -------------------------------------------------------------------------
     def start(self) -> None:
@@ -444,8 +441,9 @@ class Publisher(StageThread):
         with contextlib.suppress(zmq.Again):  # PUB drops at HWM by itself; never block here
             self._sock.send_multipart([message.topic.encode(), payload], flags=zmq.NOBLOCK)
 
-    def _send_status(self, message: StatusMessage | None = None) -> None:
-        self._send(message if message is not None else self._status_fn())
+    def _send_status(self, messages: Sequence[Message] | None = None) -> None:
+        for message in messages if messages is not None else self._status_fn():
+            self._send(message)
 
     def _serve(self) -> None:
         assert self._sock is not None

@@ -20,18 +20,37 @@ class Frame:
 
 class LatestFrameSlot:
     """A size-1 hand-off: the newest frame replaces an unconsumed one. Every frame put and every
-    frame replaced is counted in ``stats`` (the one place those counts live)."""
+    frame replaced is counted in ``stats`` (the one place those counts live).
 
-    def __init__(self, stats: PipelineStats) -> None:
-        self._cond = threading.Condition()
+    ``cond``: a condition shared by the slots of every camera, so one inference worker can wait
+    for a frame from any of them (:meth:`take` and :attr:`ready`, under that condition)."""
+
+    def __init__(self, stats: PipelineStats, cond: threading.Condition | None = None) -> None:
+        self._cond = cond or threading.Condition()
         self._frame: Frame | None = None
         self._stats = stats
+
+    @property
+    def cond(self) -> threading.Condition:
+        return self._cond
+
+    @property
+    def ready(self) -> bool:
+        """A frame is waiting (read under ``cond`` to act on it)."""
+        return self._frame is not None
+
+    def take(self) -> Frame | None:
+        """The waiting frame, if any, without waiting; the caller holds ``cond``."""
+        frame, self._frame = self._frame, None
+        if frame is not None:
+            self._cond.notify_all()  # a capture waiting in wait_taken()
+        return frame
 
     def put(self, frame: Frame) -> None:
         with self._cond:
             replaced = self._frame is not None
             self._frame = frame
-            self._cond.notify()
+            self._cond.notify_all()  # the worker, among captures waiting in wait_taken()
         self._stats.frame_in(replaced)
 
     def wait_taken(self, timeout_s: float) -> bool:
@@ -45,8 +64,5 @@ class LatestFrameSlot:
         """The newest frame, waiting up to ``timeout_s``; None on timeout."""
         with self._cond:
             if self._frame is None:
-                self._cond.wait(timeout_s)
-            frame, self._frame = self._frame, None
-            if frame is not None:
-                self._cond.notify_all()  # a capture waiting in wait_taken()
-            return frame
+                self._cond.wait_for(lambda: self._frame is not None, timeout_s)
+            return self.take()

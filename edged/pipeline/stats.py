@@ -40,15 +40,18 @@ class StatsSnapshot:
     fps_in: float
     fps_out: float
     latency_ms: dict[str, Percentiles]
+    load: float  # share of the recent window spent inferring these frames (0..1)
 
 
-def _rate(stamps: tuple[float, ...], now: float, since: float, window_s: float) -> float:
+def _rate(stamps: tuple[float, ...], now: float, since: float, window_s: float,
+          weights: tuple[float, ...] | None = None) -> float:
     """Frames per second over the last ``window_s`` (shorter right after ``since``, the start,
-    or when ``stamps``, a bounded history, does not reach back that far)."""
+    or when ``stamps``, a bounded history, does not reach back that far); with ``weights`` (one
+    per stamp), their sum per second instead."""
     if not stamps:
         return 0.0
     first = bisect.bisect_right(stamps, now - window_s)
-    n = len(stamps) - first
+    n = len(stamps) - first if weights is None else sum(weights[first:])
     span = window_s
     if first == 0:  # no older stamp: the history may not cover the whole window
         span = min(window_s, now - (stamps[0] if len(stamps) == MAX_RATE_SAMPLES else since))
@@ -72,6 +75,7 @@ class PipelineStats:
         self._latency = deque[Latency](maxlen=window)
         self._in_stamps = deque[float](maxlen=MAX_RATE_SAMPLES)
         self._out_stamps = deque[float](maxlen=MAX_RATE_SAMPLES)
+        self._busy_s = deque[float](maxlen=MAX_RATE_SAMPLES)  # one per out stamp
         self._frames_in = 0
         self._frames_dropped = 0
         self._frames_out = 0
@@ -92,6 +96,7 @@ class PipelineStats:
             self._latency.append(latency)
             self._frames_out += 1
             self._out_stamps.append(now)
+            self._busy_s.append(latency.total / 1e3)
 
     # --- reading (anyone, no side effects) --------------------------------------------------
     @property
@@ -102,12 +107,14 @@ class PipelineStats:
         now = self._clock()
         with self._lock:
             ins, outs = tuple(self._in_stamps), tuple(self._out_stamps)
+            busy = tuple(self._busy_s)
             lat = list(self._latency)
             counts = self._frames_in, self._frames_dropped, self._frames_out
         w = self._rate_window_s
         return StatsSnapshot(*counts, fps_in=_rate(ins, now, self._started, w),
                              fps_out=_rate(outs, now, self._started, w),
-                             latency_ms=_percentiles(lat))
+                             latency_ms=_percentiles(lat),
+                             load=min(_rate(outs, now, self._started, w, busy), 1.0))
 
 
 def _percentiles(lat: list[Latency]) -> dict[str, Percentiles]:

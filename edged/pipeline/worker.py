@@ -40,30 +40,68 @@ def detect_params(cfg: DetectionConfig, labels: Sequence[str]) -> DetectParams:
 
 
 @dataclass(frozen=True)
+class Lane:
+    """One camera as the worker sees it: where its frames come from, how they are filtered,
+    where they are counted."""
+
+    camera: str
+    slot: LatestFrameSlot  # a new one per new capture (the old thread may still be in a read)
+    params: DetectParams
+    stats: PipelineStats
+    weight: int = 1
+
+
+@dataclass(frozen=True)
 class WorkerSettings:
     """Everything the worker uses for a frame that only a reload changes."""
 
     engine: Engine
-    slot: LatestFrameSlot  # where frames come from (a new one per new capture)
-    params: DetectParams
+    lanes: tuple[Lane, ...]
     publish: Callable[[DetMessage], None]
-    camera: str
     empty_frames: bool  # publish frames without detections too
 
 
+CREDIT_BOUND = 1000  # keeps the credits bounded whatever the readiness pattern
+
+
+class WeightedRoundRobin:
+    """Smooth weighted round-robin (as nginx balances upstreams) over the cameras that have a
+    fresh frame: with equal weights they take turns; a camera of weight 2 gets two frames for
+    every one of a camera of weight 1, interleaved; a camera without a frame neither waits nor
+    saves up credit for a burst later."""
+
+    def __init__(self) -> None:
+        self._credit: dict[str, int] = {}  # camera -> credit
+
+    def pick(self, ready: Sequence[Lane]) -> Lane:
+        if len(ready) == 1:
+            return ready[0]
+        credit, total = self._credit, sum(x.weight for x in ready)
+        for x in ready:
+            credit[x.camera] = min(credit.get(x.camera, 0) + x.weight, CREDIT_BOUND)
+        lane = max(ready, key=lambda x: credit[x.camera])  # ties: the first listed
+        credit[lane.camera] = max(credit[lane.camera] - total, -CREDIT_BOUND)
+        return lane
+
+
 class InferenceWorker(StageThread):
-    def __init__(self, engine: Engine, slot: LatestFrameSlot, params: DetectParams,
-                 publish: Callable[[DetMessage], None], stats: PipelineStats, camera: str,
-                 empty_frames: bool = True) -> None:
+    """One thread, one engine, every camera: it takes the next frame from the cameras that
+    have a fresh one, in :class:`WeightedRoundRobin` turns."""
+
+    def __init__(self, engine: Engine, lanes: Sequence[Lane],
+                 publish: Callable[[DetMessage], None], stats: PipelineStats,
+                 frames: threading.Condition, empty_frames: bool = True) -> None:
         # A daemon thread, against our own rule, for the capture thread's reason: an invoke
         # stuck inside a wedged accelerator driver cannot be interrupted, and must not hold the
         # process past a bounded SIGTERM stop (the service joins this thread with a timeout;
         # the systemd watchdog catches the stuck invoke before that).
         super().__init__("edged-inference", daemon=True)
-        self._settings = WorkerSettings(engine, slot, params, publish, camera, empty_frames)
-        self._stats = stats
+        self._settings = WorkerSettings(engine, tuple(lanes), publish, empty_frames)
+        self._stats = stats  # every camera's frames (the process status)
+        self._frames = frames  # the condition every lane's slot notifies
         self._swap_lock = threading.Lock()  # between writers only; the frame loop never takes it
-        self._seq = 0
+        self._seqs: dict[str, int] = {}  # camera -> next det seq (kept across reloads)
+        self._turns = WeightedRoundRobin()
         # Engines replaced by set_engine, closed by this thread between frames (never under a
         # running invoke). deque: append and popleft are atomic.
         self._retired = deque[Engine]()
@@ -92,32 +130,39 @@ class InferenceWorker(StageThread):
         if old.engine is not engine:  # retired only once no new frame can pick it up
             self._retired.append(old.engine)
 
-    def set_slot(self, slot: LatestFrameSlot) -> None:
-        """Take frames from ``slot`` from now on (a new capture after a reload): a capture
-        thread that has not ended yet keeps filling its old slot, which nobody reads."""
-        self._replace(slot=slot)
-
-    def set_params(self, params: DetectParams, empty_frames: bool) -> None:
-        self._replace(params=params, empty_frames=empty_frames)
-
-    def set_output(self, publish: Callable[[DetMessage], None], camera: str) -> None:
-        self._replace(publish=publish, camera=camera)
+    def set_lanes(self, lanes: Sequence[Lane], empty_frames: bool) -> None:
+        """Serve these cameras from the next frame on (a capture thread that has not ended yet
+        keeps filling its old slot, which nobody reads)."""
+        self._replace(lanes=tuple(lanes), empty_frames=empty_frames)
+        with self._frames:
+            self._frames.notify_all()  # a wait for the old lanes ends now
 
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
                 while self._retired:  # before the settings are read: never a retired engine
                     self._retired.popleft().close()
-                frame = self._settings.slot.get(0.1)
-                if frame is None:
-                    continue
-                s = self._settings  # once per frame: a swap while waiting applies to it
-                self._infer(frame, s)
+                s = self._settings  # once per frame: a swap while waiting applies to the next
+                picked = self._next(s.lanes)
+                if picked is not None:
+                    self._infer(*picked, s)
         except BaseException as e:  # surfaced by the service, which stops with exit 1
             logger.exception("inference worker failed")
             self.error = e
 
-    def _infer(self, frame: Frame, s: WorkerSettings) -> None:
+    def _next(self, lanes: tuple[Lane, ...]) -> tuple[Lane, Frame] | None:
+        """The next camera's frame, or None after waiting up to 0.1 s for one."""
+        with self._frames:
+            ready = [lane for lane in lanes if lane.slot.ready]
+            if not ready:
+                self._frames.wait(0.1)
+                return None
+            lane = self._turns.pick(ready)
+            frame = lane.slot.take()
+        assert frame is not None  # ready, under the condition every put() takes
+        return lane, frame
+
+    def _infer(self, lane: Lane, frame: Frame, s: WorkerSettings) -> None:
         det = s.engine.detector
         self.busy_since_mono = time.monotonic()
         t0 = time.perf_counter()
@@ -125,17 +170,19 @@ class InferenceWorker(StageThread):
         t1 = time.perf_counter()
         det.invoke()
         t2 = time.perf_counter()
-        dets = det.postprocess(geom, s.params)
+        dets = det.postprocess(geom, lane.params)
         t3 = time.perf_counter()
         self.busy_since_mono = None
         lat = Latency(round((t1 - t0) * 1e3, 3), round((t2 - t1) * 1e3, 3),
                       round((t3 - t2) * 1e3, 3), round((t3 - t0) * 1e3, 3))
+        lane.stats.record(lat)
         self._stats.record(lat)
         if not len(dets) and not s.empty_frames:
             return
         h, w = frame.image.shape[:2]
+        seq = self._seqs.get(lane.camera, 0)
         s.publish(DetMessage(
-            s.camera, self._seq, frame.seq, frame.ts_ns, FrameSize(w, h),
+            lane.camera, seq, frame.seq, frame.ts_ns, FrameSize(w, h),
             s.engine.model_name, s.engine.backend, lat,
             detections_of(dets, det.spec.labels, w, h)))
-        self._seq += 1
+        self._seqs[lane.camera] = seq + 1

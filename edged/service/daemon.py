@@ -21,6 +21,8 @@ import cv2
 
 from edged import sidecar
 from edged.api.messages import (
+    Message,
+    ProcessStatus,
     ReloadStatus,
     SourceStatus,
     StatusMessage,
@@ -29,11 +31,11 @@ from edged.config import Config, default_config, load_config
 from edged.engine.engine import Engine, EngineConfig, open_engine
 from edged.engine.probe import ProbeCancelled
 from edged.errors import EXIT_OK, EXIT_RUNTIME, EdgedError
-from edged.pipeline.capture import CaptureThread, shown
+from edged.pipeline.camera import Camera
+from edged.pipeline.capture import shown
 from edged.pipeline.publish import Publisher, PublishError
-from edged.pipeline.slot import LatestFrameSlot
 from edged.pipeline.stats import PipelineStats
-from edged.pipeline.worker import InferenceWorker, detect_params
+from edged.pipeline.worker import InferenceWorker, Lane, detect_params
 from edged.service.log import CONTEXT
 from edged.service.sdnotify import Notifier
 from edged.service.signals import PendingSignals, default_action
@@ -49,7 +51,6 @@ RELOAD_LOAD_BUDGET_S = 120.0
 # A config file modified less than this long ago may still be being written by an editor: the
 # reload waits for it to stay unchanged that long (at most CONFIG_SETTLE_MAX_S).
 CONFIG_QUIET_S = 0.5
-NO_FRAME_YET = "opening the source: no frame yet"
 BUILD_MARGIN_S = 30.0  # the watchdog stretch around an in-process delegate build, beyond 3x
 CONFIG_SETTLE_MAX_S = 5.0
 def _builds_engine(cfg: Config) -> EngineConfig:
@@ -138,18 +139,18 @@ class Service:
         self._pending = pending
         self.config_path = config_path
         self.notifier = notifier or Notifier()
-        self.stats = PipelineStats()
-        self.slot = LatestFrameSlot(self.stats)
+        self.stats = PipelineStats()  # every camera's frames: the process status
+        self._frames = threading.Condition()  # every camera's slot notifies the worker on it
+        self.cameras: dict[str, Camera] = {}  # in the config's order
         self.state = "starting"
         self.started_mono = time.monotonic()
         self.engine: Engine | None = None
         self.publisher: Publisher | None = None
         self.worker: InferenceWorker | None = None
-        self.capture: CaptureThread | None = None
-        self.source_reason: str | None = None
         self._status_seq = 0
-        self._status_lock = threading.Lock()
-        self._source_lock = threading.Lock()  # source_reason and the running/source_down state
+        # Around taking a state-change snapshot and queueing it (main, reload and capture
+        # threads): a snapshot is never queued behind a newer one.
+        self._status_lock = threading.RLock()
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._watchdog_starved = False
@@ -162,38 +163,89 @@ class Service:
         self._reload_info: ReloadStatus | None = None  # status "reload"
         self._apply_lock = threading.Lock()  # a reload's swap vs. shutdown
         self._model_stamp: tuple[tuple[str, int, int, int], ...] = ()
-        self._base_reconnects = 0  # reconnects of the captures replaced by reloads
 
     # --- status -----------------------------------------------------------------------------
     def _set_state(self, state: str) -> None:
-        if state == self.state:
-            return
-        logger.info("state: %s -> %s", self.state, state)
-        self.state = state
+        with self._status_lock:
+            if state == self.state:
+                return
+            logger.info("state: %s -> %s", self.state, state)
+            self.state = state
+            self._changed(self._statuses())
+
+    def _changed(self, messages: list[Message]) -> None:
+        """Publish these snapshots now, and tell systemd (under _status_lock)."""
         if self.publisher is not None:
-            self.publisher.send_status(self._status())
+            self.publisher.send_status(messages)
         self.notifier.notify(f"STATUS={self.status_line()}")
 
+    def _on_camera(self, cam: Camera) -> None:
+        """A camera's source went up or down (its capture thread)."""
+        with self._status_lock:
+            if cam.name in self.cameras:
+                self._changed([self._process_status(), self._camera_status(cam)])
+
+    def camera_state(self, cam: Camera) -> str:
+        """While serving, the camera's own state; otherwise the process's."""
+        if self.state != "running":
+            return self.state
+        return "running" if cam.source_reason is None else "source_down"
+
     def status_line(self) -> str:
+        """systemd's STATUS=: the state, the backend, frames, and each camera when several."""
         backend = self.engine.backend if self.engine else "none"
         fb = " (fallback)" if self.engine and self.engine.fallback_reason else ""
         info = self._reload_info
         rl = f" ({info.phase.replace('_', ' ')})" \
             if self.state == "reloading" and info is not None else ""
-        why = f" ({shown(self.source_reason)[:80]})" \
-            if self.state == "source_down" and self.source_reason else ""
-        return f"{self.state}{rl}{why}, {backend}{fb}, {self.stats.frames_out} frames"
+        cams = [(c, self.camera_state(c)) for c in self.cameras.values()]
+        down = [c for c, st in cams if st == "source_down"]
+        if len(cams) == 1:
+            cam, head = cams[0]
+            if down and cam.source_reason:
+                head += f" ({shown(cam.source_reason)[:80]})"
+        elif self.state != "running" or not down:
+            head = self.state
+        else:
+            head = "source_down" if len(down) == len(cams) else \
+                f"running ({len(down)} of {len(cams)} cameras down)"
+        line = f"{head}{rl}, {backend}{fb}, {self.stats.frames_out} frames"
+        if len(cams) > 1:
+            line += "; " + "; ".join(
+                f"{c.name} {st}" + (f" ({shown(c.source_reason)[:40]})" if c in down and
+                                    c.source_reason else "") for c, st in cams)
+        return line
 
-    def _status(self) -> StatusMessage:
-        """A status snapshot (publisher thread every interval; any thread on state change)."""
-        cap = self.capture
-        counts = self.stats.snapshot()  # frames, drops, rates, latencies: no side effects
+    def _statuses(self) -> list[Message]:
+        """The process's status and each camera's (publisher thread every interval; any
+        thread on a state change)."""
+        return [self._process_status(), *(self._camera_status(c)
+                                          for c in list(self.cameras.values()))]
+
+    def _process_status(self) -> ProcessStatus:
+        counts = self.stats.snapshot()
         eng = self.engine
         with self._status_lock:
             seq = self._status_seq
             self._status_seq += 1
+        return ProcessStatus(
+            seq=seq, state=self.state, ts_ns=time.time_ns(),
+            uptime_s=round(time.monotonic() - self.started_mono, 3),
+            model=eng.model_name if eng else self.cfg.model.stem,
+            backend=eng.backend if eng else "none",
+            fallback_reason=eng.fallback_reason if eng else None,
+            runtime=eng.runtime if eng else "none", inference_load=round(counts.load, 3),
+            fps_out=round(counts.fps_out, 2), frames_out=counts.frames_out,
+            cameras={c.name: self.camera_state(c) for c in list(self.cameras.values())},
+            publish_dropped=self.publisher.dropped if self.publisher else 0,
+            endpoints=self.publisher.bound if self.publisher else (),
+            reload=self._reload_info)
+
+    def _camera_status(self, cam: Camera) -> StatusMessage:
+        counts = cam.stats.snapshot()  # frames, drops, rates, latencies: no side effects
+        eng, cap, reason = self.engine, cam.capture, cam.source_reason
         return StatusMessage(
-            camera=self.cfg.camera.name, seq=seq, state=self.state,
+            camera=cam.name, seq=cam.next_status_seq(), state=self.camera_state(cam),
             ts_ns=time.time_ns(), uptime_s=round(time.monotonic() - self.started_mono, 3),
             model=eng.model_name if eng else self.cfg.model.stem,
             backend=eng.backend if eng else "none",
@@ -202,41 +254,24 @@ class Service:
             fps_out=round(counts.fps_out, 2), frames_in=counts.frames_in,
             frames_out=counts.frames_out, frames_dropped=counts.frames_dropped,
             source=SourceStatus(
-                uri=shown(self.cfg.camera.source),
-                reason=shown(self.source_reason) if self.source_reason else None,
-                reconnects=self._base_reconnects + (cap.reconnects if cap else 0),
-                size=cap.frame_size if cap else None),
+                uri=shown(cam.cfg.source), reason=shown(reason) if reason else None,
+                reconnects=cam.reconnects, size=cap.frame_size if cap else None),
             latency_ms=counts.latency_ms,
             publish_dropped=self.publisher.dropped if self.publisher else 0,
             endpoints=self.publisher.bound if self.publisher else (),
             reload=self._reload_info)
 
-    def _on_source(self, up: bool, reason: str) -> None:
-        with self._source_lock:
-            self.source_reason = None if up else reason
-            if self.state in ("running", "source_down"):
-                self._set_state("running" if up else "source_down")
-
-    def _serve_state(self) -> None:
-        """Leave start-up or a reload for the state the source is in: a source that went down
-        meanwhile (reported while the state was warming_up/reloading) must not be lost."""
-        with self._source_lock:
-            self._set_state("running" if self.source_reason is None else "source_down")
-
     # --- lifecycle --------------------------------------------------------------------------
-    def _start_capture(self) -> None:
-        # Until the first frame, the source is not known to work: the state is source_down
-        # with this reason, never a "running" with 0 frames while a camera takes its time.
-        with self._source_lock:
-            self.source_reason = NO_FRAME_YET
-        self.capture = CaptureThread(self.cfg.camera, self.slot, self._on_source)
-        self.capture.start()
+    def _lanes(self) -> list[Lane]:
+        assert self.engine is not None
+        labels = self.engine.detector.spec.labels
+        return [c.lane(detect_params(self.cfg.detection_for(c.cfg), labels))
+                for c in self.cameras.values()]
 
-    def _start_publisher(self) -> None:
-        pub = Publisher(self.cfg.publish, self.cfg.camera.name, self._status)
-        pub.bind()
-        self.publisher = pub
-        pub.start()
+    def _log_context(self) -> None:
+        CONTEXT.set(camera=",".join(self.cameras),
+                    backend=self.engine.backend if self.engine else "none",
+                    model=self.engine.model_name if self.engine else self.cfg.model.stem)
 
     def start(self) -> None:
         # OpenCV's own thread pool (resize, colour conversion of one small frame) would only
@@ -245,25 +280,27 @@ class Service:
         # Hand-offs between our threads (slot, publish queue) wait for the GIL; the default
         # 5 ms switch interval would show up directly in capture-to-publish latency.
         sys.setswitchinterval(0.0005)
-        self._start_publisher()
+        self.cameras = {c.name: Camera(c, self._frames, self._on_camera)
+                        for c in self.cfg.cameras}
+        pub = Publisher(self.cfg.publish, self._statuses)
+        pub.bind()
+        self.publisher = pub
+        pub.start()
         self._set_state("warming_up")
         self._model_stamp = model_stamp(self.cfg)
         with self.notifier.extending_start_timeout():
             self.engine = open_engine(self.cfg.model, EngineConfig.of(self.cfg.inference),
                                       in_process=self._in_process_build)
-        CONTEXT.set(camera=self.cfg.camera.name, backend=self.engine.backend,
-                    model=self.engine.model_name)
-        logger.info("model %s on %s via %s, warm-up %.0f ms", self.engine.model_name,
-                    self.engine.backend, self.engine.runtime, self.engine.warmup_ms)
-        assert self.publisher is not None
-        self.worker = InferenceWorker(
-            self.engine, self.slot,
-            detect_params(self.cfg.detection, self.engine.detector.spec.labels),
-            self.publisher.submit, self.stats, self.cfg.camera.name,
-            self.cfg.publish.empty_frames)
+        self._log_context()
+        logger.info("model %s on %s via %s, warm-up %.0f ms, %d camera%s",
+                    self.engine.model_name, self.engine.backend, self.engine.runtime,
+                    self.engine.warmup_ms, len(self.cameras), "s"[:len(self.cameras) > 1])
+        self.worker = InferenceWorker(self.engine, self._lanes(), self.publisher.submit,
+                                      self.stats, self._frames, self.cfg.publish.empty_frames)
         self.worker.start()
-        self._start_capture()
-        self._serve_state()
+        for cam in self.cameras.values():
+            cam.start()
+        self._set_state("running")
         self.notifier.notify("READY=1", f"STATUS={self.status_line()} "
                                         f"(warm-up {self.engine.warmup_ms:.0f} ms)")
 
@@ -383,17 +420,20 @@ class Service:
         self._set_state("stopping")
         self.notifier.notify("STOPPING=1")
         deadline = time.monotonic() + STOP_BUDGET_S
-        for part in (self.capture, self.worker):
-            if part is not None:
-                part.stop()
-        if self.worker is not None and not self.worker.join(
-                max(deadline - time.monotonic(), 0.05)):
-            logger.warning("inference thread did not stop in time")
-        # The capture thread may sit inside a blocking open/read in FFmpeg (a silent camera)
+        for cam in self.cameras.values():
+            cam.stop()
+        if self.worker is not None:
+            self.worker.stop()
+            if not self.worker.join(max(deadline - time.monotonic(), 0.05)):
+                logger.warning("inference thread did not stop in time")
+        # A capture thread may sit inside a blocking open/read in FFmpeg (a silent camera)
         # that nothing can interrupt; it is a daemon thread and releases its capture itself,
-        # so it gets a short wait, never the whole budget the publisher's last status needs.
-        if self.capture is not None and not self.capture.join(CAPTURE_JOIN_S):
-            logger.info("capture thread still in a blocking read; not waiting for it")
+        # so they all get one short wait, never the budget the publisher's last status needs.
+        joined = time.monotonic() + CAPTURE_JOIN_S
+        for cam in self.cameras.values():
+            if not cam.join(max(joined - time.monotonic(), 0.0)):
+                logger.info("%s: capture thread still in a blocking read; not waiting for it",
+                            cam.name)
         if self.publisher is not None:
             self.publisher.stop()
             if not self.publisher.join(max(deadline - time.monotonic(), 0.2)):
@@ -444,8 +484,7 @@ class Service:
                 logger.info("reload: configuration unchanged")
                 state = "unchanged"
                 return
-            with self._source_lock:
-                self._set_state("reloading")
+            self._set_state("reloading")
             entered = True
             engine = None
             if load:
@@ -509,7 +548,7 @@ class Service:
             self._reload_info, state=state, phase="done", deadline_s=None,
             ended_ts_ns=time.time_ns(), message=message)
         if entered and not self._stop.is_set():
-            self._serve_state()
+            self._set_state("running")
         self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
 
     @contextlib.contextmanager
@@ -565,46 +604,60 @@ class Service:
             self.worker.set_engine(engine)  # at the next frame boundary; the old one closed
             self.engine = engine
             logger.info("reload: model %s on %s", engine.model_name, engine.backend)
-        if new.publish != old.publish or new.camera.name != old.camera.name or keys_changed:
+        if new.publish != old.publish or keys_changed:
             try:
-                for change in self.publisher.reconfigure(new.publish, new.camera.name):
+                for change in self.publisher.reconfigure(new.publish):
                     logger.info("reload: publish: %s", change)
             except PublishError as e:
                 logger.error("reload: publish settings rejected, the running ones stay "
                              "(retried on the next reload): %s", e)
                 kept = f"publish kept: {e}"
-                new = dataclasses.replace(
-                    new, publish=old.publish,
-                    camera=dataclasses.replace(new.camera, name=old.camera.name))
-            self.worker.set_output(self.publisher.submit, new.camera.name)
-        CONTEXT.set(camera=new.camera.name, backend=self.engine.backend,
-                    model=self.engine.model_name)
-        labels = self.engine.detector.spec.labels
-        self.worker.set_params(detect_params(new.detection, labels), new.publish.empty_frames)
-        if dataclasses.replace(new.camera, name="") != dataclasses.replace(old.camera, name=""):
-            self._replace_capture(new)
+                new = dataclasses.replace(new, publish=old.publish)
+        self._apply_cameras(new)
         if new.log_level != old.log_level:
             logging.getLogger().setLevel(new.log_level.upper())
         self.cfg = new
+        self._log_context()
         logger.info("reload: applied %s%s", new.source, f" ({kept})" if kept else "")
         return kept
 
-    def _replace_capture(self, new: Config) -> None:
-        """A new capture thread with its own slot: the old thread may still be inside a
-        blocking read(); it is stopped, and whatever it still produces goes to a slot nobody
-        reads (never two captures feeding one worker)."""
-        old_cap = self.capture
-        if old_cap is not None:
-            old_cap.stop()
-            if not old_cap.join(CAPTURE_JOIN_S):
-                logger.warning("reload: the old capture thread is still in a read; it is "
-                               "abandoned")
-            self._base_reconnects += old_cap.reconnects
+    def _apply_cameras(self, new: Config) -> None:
+        """Cameras by name: a removed one stops, an added one starts, one whose capture
+        settings changed gets a new capture (and slot); detection settings and weights apply
+        at the next frame. The other cameras' captures are not touched."""
+        assert self.worker is not None
+        running = self.cameras
+        cameras: dict[str, Camera] = {}
+        restart: list[Camera] = []
+        for cfg in new.cameras:
+            cam = running.get(cfg.name)
+            if cam is None:
+                cam = Camera(cfg, self._frames, self._on_camera)
+                restart.append(cam)
+                logger.info("reload: camera %s added (%s)", cfg.name, shown(cfg.source))
+            elif cfg.capture() != cam.cfg.capture():
+                restart.append(cam)
+                logger.info("reload: camera %s: capture restarted on %s", cfg.name,
+                            shown(cfg.source))
+            cam.cfg = cfg
+            cameras[cfg.name] = cam
+        removed = [c for name, c in running.items() if name not in cameras]
+        for cam in removed + restart:
+            cam.stop()
+        joined = time.monotonic() + CAPTURE_JOIN_S
+        for cam in restart:
+            cam.stop_capture(max(joined - time.monotonic(), 0.0))  # and a new slot
+        with self._status_lock:
+            self.cameras = cameras
+            self.cfg = dataclasses.replace(self.cfg, cameras=new.cameras,
+                                           detection=new.detection)
+            self.worker.set_lanes(self._lanes(), new.publish.empty_frames)
+            for cam in removed:
+                logger.info("reload: camera %s removed", cam.name)
+                final = self._camera_status(cam)
+                self._changed([self._process_status(),
+                               dataclasses.replace(final, state="stopping")])
         if self._stop.is_set():
             return  # stopping meanwhile: no new capture
-        self.slot = LatestFrameSlot(self.stats)
-        self.cfg = new
-        assert self.worker is not None
-        self.worker.set_slot(self.slot)
-        self._start_capture()
-        logger.info("reload: capture restarted on %s", shown(new.camera.source))
+        for cam in restart:
+            cam.start()

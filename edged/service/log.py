@@ -22,8 +22,12 @@ _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERRO
              logging.CRITICAL: 2}
 
 
+CAPTURE_THREAD = "edged-capture/"  # + the camera's name (edged.pipeline.capture)
+
+
 class LogContext(logging.Filter):
-    """Adds the daemon's current camera/backend/model to every record (journal fields)."""
+    """Adds the daemon's cameras/backend/model to every record (journal fields); a record of a
+    camera's capture thread gets that camera alone."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -35,6 +39,9 @@ class LogContext(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         for k, v in self.fields.items():
             setattr(record, k, v)
+        thread = record.threadName or ""
+        if thread.startswith(CAPTURE_THREAD):  # a camera's own thread: that camera
+            record.CAMERA = thread[len(CAPTURE_THREAD):]
         return True
 
 

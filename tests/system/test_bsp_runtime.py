@@ -148,9 +148,9 @@ def test_daemon_reports_tflite_runtime(bsp_python: Path, tmp_path: Path) -> None
     try:
         with Listener(endpoint) as sub:
             _, status, _ = sub.wait_until(
-                lambda m: m[0] == "status/bsp" and m[1]["state"] == "running", 120,
+                lambda m: m[0] == "status/bsp/" and m[1]["state"] == "running", 120,
                 "a running status from the BSP venv's daemon")
-            sub.wait_until(lambda m: m[0] == "det/bsp", 60, "a det message")
+            sub.wait_until(lambda m: m[0] == "det/bsp/", 60, "a det message")
     finally:
         proc.terminate()
         code = proc.wait(30)
