@@ -401,9 +401,14 @@ def _cmd_sub(args: argparse.Namespace) -> int:
         problem = check_endpoint(ep)
         if problem:
             raise UsageError(f"{ep}: {problem}")
+    from edged.api.client import topics_for
+
+    try:
+        topics = topics_for(args.topic or ["det/", "status/"], args.camera)
+    except ValueError as e:
+        raise UsageError(f"--camera: {e}") from None
     n = 0
-    with Subscriber(args.endpoints, args.topic or ["det/", "status/"], args.server_key,
-                    args.client_cert, cameras=args.camera or None) as sub:
+    with Subscriber(args.endpoints, topics, args.server_key, args.client_cert) as sub:
         while args.count <= 0 or n < args.count:
             msg = sub.recv(args.timeout if args.timeout > 0 else None)
             if msg is None:

@@ -203,7 +203,7 @@ class CameraConfig:
                           "2 gets twice the frames of one of weight 1", Int(1, 100))
     detection: Mapping[str, Any] = setting(
         doc="This camera's detection settings: any keys of `detection`, overriding the "
-        "top-level ones, e.g. `{classes: [bird], conf_threshold: 0.4}`",
+        "top-level ones (`class_thresholds` are merged), e.g. `{classes: [bird]}`",
         check=lambda v: _detection_overrides(v), factory=dict)
 
     def capture(self) -> CameraConfig:
@@ -283,9 +283,15 @@ class Config:
             object.__setattr__(self, "cameras", (self.camera,))
 
     def detection_for(self, cam: CameraConfig) -> DetectionConfig:
-        """``detection`` with the camera's own overrides applied."""
-        return dataclasses.replace(self.detection, **cam.detection) if cam.detection \
-            else self.detection
+        """``detection`` with the camera's own keys applied (its ``class_thresholds`` merged
+        into the top-level ones)."""
+        if not cam.detection:
+            return self.detection
+        own = dict(cam.detection)
+        if "class_thresholds" in own:  # merged: the camera's labels over the top-level ones
+            own["class_thresholds"] = {**self.detection.class_thresholds,
+                                       **own["class_thresholds"]}
+        return dataclasses.replace(self.detection, **own)
 
 
 def _detection_overrides(v: Any) -> dict[str, Any]:
@@ -305,7 +311,7 @@ def default_config() -> Config:
 def parse_config(data: Any, where: str = "config") -> Config:
     r = Reader(where, ConfigError)
     data = {} if data is None else data
-    if isinstance(data, dict) and "camera" in data and "cameras" in data:
+    if isinstance(data, dict) and data.get("camera") is not None and "cameras" in data:
         raise r.fail("cameras", "give either camera (one camera) or cameras (a list), not both")
     if isinstance(data, dict) and data.get("cameras") == []:
         raise r.fail("cameras", "expected at least one camera (or remove the key)")

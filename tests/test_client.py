@@ -12,8 +12,9 @@ import zmq.auth
 
 from edged.api.client import DetMessage, StatusMessage, Subscriber
 from edged.api.messages import SCHEMA_VERSION
+from edged.errors import EXIT_USAGE
 from edged.media import SAMPLE_CLIP
-from tests.conftest import run_edged
+from tests.conftest import one_line_error, run_edged
 from tests.daemon_util import Daemon, free_port, write_config
 from tests.timing import Speed
 
@@ -141,3 +142,16 @@ def test_the_earlier_import_path_still_works() -> None:
     import edged.client
 
     assert edged.client.Subscriber is Subscriber and edged.client.DetMessage is DetMessage
+
+
+def test_cameras_narrow_kinds_and_refuse_a_camera_topic() -> None:
+    from edged.api.client import topics_for
+
+    assert topics_for(["det/", "status", "process/"], ["roof"]) == \
+        ["det/roof/", "status/roof/", "process/"]
+    assert topics_for(["det/"], None) == ["det/"]
+    with pytest.raises(ValueError, match="one camera's topic"):
+        topics_for(["status/b/"], ["a"])
+    proc = run_edged("sub", "tcp://127.0.0.1:9", "--topic", "det/b/", "--camera", "a")
+    assert proc.returncode == EXIT_USAGE and "--camera: 'det/b/' is one camera's topic" in \
+        one_line_error(proc)

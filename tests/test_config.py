@@ -173,3 +173,49 @@ def test_stale_ipc_file_is_reclaimed(tmp_path: Path) -> None:
         pub.start()
         pub.stop()
         pub.join(2)
+
+
+# --- several cameras ---------------------------------------------------------------------------
+
+def _cameras(*cams: dict[str, Any], **top: Any) -> Config:
+    return parse_config({"cameras": [{"source": str(SAMPLE_CLIP), **c} for c in cams], **top})
+
+
+def test_a_camera_overrides_only_the_detection_keys_it_gives() -> None:
+    cfg = _cameras({"name": "a", "detection": {"classes": ["bird"],
+                                               "class_thresholds": {"cat": 0.5}}},
+                   {"name": "b"},
+                   detection={"conf_threshold": 0.3, "class_thresholds": {"bird": 0.9}})
+    a, b = (cfg.detection_for(c) for c in cfg.cameras)
+    assert b == cfg.detection and b.conf_threshold == 0.3
+    assert a.conf_threshold == 0.3 and a.classes == ("bird",)
+    assert a.class_thresholds == {"bird": 0.9, "cat": 0.5}  # merged, not replaced
+
+
+def test_camera_shorthand_and_list_are_the_same_camera() -> None:
+    one = parse_config({"camera": {"name": "a", "source": str(SAMPLE_CLIP)}})
+    listed = _cameras({"name": "a"})
+    assert one.cameras == listed.cameras and len(one.cameras) == 1
+    assert parse_config({"camera": None, "cameras": [{"name": "a"}]}).cameras[0].name == "a"
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"cameras": [{"name": "a"}, {"name": "a"}]},
+     "cameras[1].name: 'a' is also the name of cameras[0]; camera names must be unique"),
+    ({"cameras": []}, "cameras: expected at least one camera"),
+    ({"cameras": [{"name": f"c{i}"} for i in range(17)]}, "cameras: at most 16 cameras, got 17"),
+    ({"cameras": [{"name": "a", "detection": {"classes": ["brd"]}}]},
+     "cameras[0].detection.classes[0]: 'brd' is not a label of the model (did you mean 'bird'?)"),
+    ({"cameras": [{"name": "a", "detection": {"conf_treshold": 0.2}}]},
+     "cameras[0].detection.conf_treshold: unknown key (did you mean 'conf_threshold'?)"),
+    ({"cameras": [{"name": "a", "weight": 0}]},
+     "cameras[0].weight: expected an integer in [1, 100], got 0"),
+    ({"camera": {"name": "a"}, "cameras": [{"name": "b"}]},
+     "cameras: give either camera (one camera) or cameras (a list), not both"),
+])
+def test_bad_cameras(data: dict[str, Any], message: str) -> None:
+    from edged.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        parse_config(data, "c.yaml")
+    assert str(err.value).startswith(f"c.yaml: {message}"), str(err.value)

@@ -9,6 +9,7 @@ before vs. after, on the same daemon and machine: an isolation check, not a thro
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import time
@@ -22,7 +23,7 @@ import yaml
 from edged.errors import EXIT_OK, EXIT_USAGE
 from edged.media import SAMPLE_CLIP
 from tests.conftest import one_line_error, run_edged
-from tests.daemon_util import Daemon, Listener, write_config
+from tests.daemon_util import Daemon, FakeSystemd, Listener, write_config
 from tests.test_rtsp import RESUME_BOUND_S, RtspCamera
 from tests.test_rtsp import rtsp_camera as rtsp_camera  # the fixture (and its apt check)
 from tests.timing import Speed, sample_clip
@@ -299,3 +300,47 @@ def test_prefix_named_cameras_and_per_camera_classes(tmp_path: Path, speed: Spee
     assert len(with_birds) >= n // 2, f"roof: birds on only {len(with_birds)} of {n} frames"
     labels2 = {x["label"] for m in roof2 for x in m["detections"]}
     assert labels2 <= {"person"}, f"roof2 (classes: [person]) reported {labels2}"
+
+
+# --- fps_limit on a live camera, `edged sub --camera`, systemd's STATUS -----------------------
+
+def test_live_fps_limit_sub_camera_and_status_line(tmp_path: Path, rtsp_camera: RtspCamera,
+                                                   speed: Speed) -> None:
+    """A live camera limited to 5 fps (its other frames are grabbed but never converted)
+    beside a file camera and a camera that cannot connect: `edged sub --camera street` prints
+    only street's messages, and STATUS= names every camera with the dead one's state."""
+    rtsp_camera.start()
+    endpoint = f"ipc://{tmp_path}/edged.sock"
+    limit = 5.0
+    cfg = write_config(tmp_path / "edged.yaml", **_config(endpoint, [
+        _clip_cam("balcony"), {**_rtsp_cam("street", rtsp_camera.url), "fps_limit": limit},
+        {"name": "gate", "source": "rtsp://127.0.0.1:1/nothing", "reconnect_max_s": 1.0}]))
+    sd = FakeSystemd(tmp_path)
+    n = 10
+    try:
+        with Daemon(tmp_path, cfg, env={"NOTIFY_SOCKET": str(sd.path)}) as d, \
+                Listener(endpoint, ("det/street/",)) as sub:
+            sub.wait_count(det_of("street"), n, speed.start_deadline(base_s=2.0) +
+                           speed.deadline(base_s=n / limit), "street's det messages")
+            printed = run_edged("sub", endpoint, "--camera", "street", "--count", "4", "--json",
+                                timeout=speed.deadline(base_s=5.0))
+            sd.wait_for("READY", "1", speed.deadline())
+            deadline = time.monotonic() + speed.deadline(base_s=3.0)
+            while not any("gate source_down" in f.get("STATUS", "") for _, f in sd.datagrams):
+                assert time.monotonic() < deadline, sd.datagrams[-3:]
+                sd.pump(0.1)
+            code, _ = d.stop()
+    finally:
+        sd.close()
+    assert code == 0, d.stderr[-3000:]
+    assert printed.returncode == EXIT_OK, printed.stderr
+    lines = [json.loads(x) for x in printed.stdout.splitlines()]
+    assert len(lines) == 4 and {m["camera"] for m in lines} == {"street"}, lines
+    line = next(f["STATUS"] for _, f in reversed(sd.datagrams)
+                if "gate source_down" in f.get("STATUS", ""))
+    assert line.startswith("running (1 of 3 cameras down)"), line
+    assert "balcony running" in line and "street running" in line, line
+    # an upper bound only (a slower machine delivers fewer frames; it cannot make this fail)
+    street = _payloads(sub, det_of("street"))
+    span_s = (street[-1]["ts_ns"] - street[0]["ts_ns"]) / 1e9
+    assert (len(street) - 1) / span_s <= limit * 1.15, (len(street), span_s)

@@ -172,6 +172,19 @@ def test_a_camera_without_frames_saves_no_credit_for_a_burst() -> None:
     assert "cam2cam2" not in "".join(back)
 
 
+def test_a_camera_slower_than_its_share_waits_at_most_one_turn_of_the_others() -> None:
+    """A debt from its last frame must not make a slow camera's next frame wait for several
+    rounds (with 8 equal cameras it waited 7 inferences, dropping frames meanwhile)."""
+    lanes = _lanes(*[1] * 8)
+    rr = WeightedRoundRobin()
+    for _ in range(20):
+        waited = 0
+        while rr.pick(lanes).camera != "cam7":  # the slow camera's frame is there
+            waited += 1
+            assert waited <= 7
+        _turns(rr, lanes[:7], 30)  # its next frame is a while away; the others run
+
+
 # --- the stats -----------------------------------------------------------------------------------
 
 def test_snapshot_has_no_side_effect() -> None:
@@ -353,6 +366,43 @@ def test_a_subscriber_that_does_not_read_stalls_nobody(
         while stalled.poll(500):  # what reached the stalled peer before ZeroMQ dropped for it
             got += isinstance(decode(stalled.recv_multipart()[1]), DetMessage)  # (no more come)
         assert got < n
+    finally:
+        pub.stop()
+        assert pub.join(DEADLINE_S)
+
+
+def test_status_seq_follows_the_order_messages_leave_in(
+        zctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    """Snapshots are taken on several threads (state changes) and on the publisher's (the
+    periodic one): numbered when taken, they went out of order (35, 38, 36...), which a
+    subscriber reads as lost messages. Numbered as they leave, per topic, they never do."""
+    ep = f"tcp://127.0.0.1:{free_port()}"
+    pub = Publisher(PublishConfig(endpoints=(ep,), status_interval_s=0.05), lambda: [_status()])
+    pub.bind()
+    pub.start()
+    try:
+        sub = _subscriber(zctx, ep)
+        _wait_status(sub)
+        stop = threading.Event()
+
+        def changes() -> None:
+            while not stop.is_set():
+                pub.send_status([_status(seq=12345)])  # a snapshot's own number is ignored
+                time.sleep(0.001)
+
+        t = threading.Thread(target=changes)
+        t.start()
+        seqs: list[int] = []
+        try:
+            while len(seqs) < 300:
+                assert sub.poll(int(DEADLINE_S * 1000)), seqs[-5:]
+                msg = decode(sub.recv_multipart()[1])
+                if isinstance(msg, StatusMessage):
+                    seqs.append(msg.seq)
+        finally:
+            stop.set()
+            t.join(DEADLINE_S)
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
     finally:
         pub.stop()
         assert pub.join(DEADLINE_S)

@@ -51,6 +51,9 @@ def parse(frames: Sequence[bytes]) -> Message:
     return decode(frames[1], topic)
 
 
+CAMERA_KINDS = tuple(k.TOPIC for k in (DetMessage, StatusMessage))
+
+
 def topics_for(topics: Sequence[str], cameras: Sequence[str] | None) -> list[str]:
     """The subscriptions for ``topics`` narrowed to ``cameras``: a kind prefix (``det/``,
     ``status/``) becomes one topic per camera (``det/roof/``); other topics stay as they are
@@ -59,8 +62,14 @@ def topics_for(topics: Sequence[str], cameras: Sequence[str] | None) -> list[str
         return list(topics)
     out: list[str] = []
     for t in topics:
-        kind = t[:-1] if t.endswith("/") and t.count("/") == 1 else None
-        out += [topic_str(kind, c) for c in cameras] if kind in ("det", "status") else [t]
+        kind = t.rstrip("/")
+        if kind in CAMERA_KINDS:
+            out += [topic_str(kind, c) for c in cameras]
+        elif t.startswith(tuple(f"{k}/" for k in CAMERA_KINDS)):
+            raise ValueError(f"{t!r} is one camera's topic already: with cameras, give kinds "
+                             "(det/, status/)")
+        else:
+            out.append(t)
     return out
 
 

@@ -37,8 +37,6 @@ class Camera:
         # never "running" with 0 frames while a camera takes its time.
         self.source_reason: str | None = NO_FRAME_YET
         self._base_reconnects = 0  # reconnects of the captures replaced by reloads
-        self._seq = 0
-        self._seq_lock = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -48,11 +46,6 @@ class Camera:
     def reconnects(self) -> int:
         cap = self.capture
         return self._base_reconnects + (cap.reconnects if cap else 0)
-
-    def next_status_seq(self) -> int:
-        with self._seq_lock:
-            self._seq += 1
-            return self._seq - 1
 
     def lane(self, params: DetectParams) -> Lane:
         return Lane(self.name, self.slot, params, self.stats, self.cfg.weight)

@@ -247,43 +247,15 @@ class CaptureThread(StageThread):
 
     def _run(self) -> None:
         backoff = self.spec.reconnect_initial_s
+        kind = classify_source(self.spec.source)
         while not self._stop.is_set():
-            native: list[str] = []
-            # OpenCV runs one FFmpeg open at a time per process: a capture stopped by a reload
-            # must not queue behind a silent camera's open and then run its own full open
-            # while the new capture waits. Ours first, with a stop check once we have it.
-            while not _OPEN_LOCK.acquire(timeout=0.1):
-                if self._stop.is_set():
-                    return
-            refused: ConfigError | None = None
-            try:
-                if self._stop.is_set():
-                    return
-                with native_lines() as said:  # FFmpeg's word on why an open fails
-                    cap = _open(self.spec)
-                    if not cap.isOpened():
-                        native = said()
-            except ConfigError as e:
-                refused = e
-            finally:
-                _OPEN_LOCK.release()
-            if refused is not None:  # cannot ever work: report and wait for a reload/stop
-                self._state(False, str(refused))
-                self._stop.wait(self.spec.reconnect_max_s)
-                continue
-            try:
-                if cap.isOpened():
-                    reason = self._pump(cap)
-                elif self._stop.is_set():
-                    break
-                else:
-                    reason = why_cannot_open(self.spec, native, self._stop)
-            except cv2.error as e:
-                reason = f"OpenCV error: {str(e).strip().splitlines()[-1]}"
-            finally:
-                cap.release()
+            # (No probe connection first to keep a silent host from holding the open lock: a
+            # camera or server taking one client, like ffmpeg -listen 1, would lose it to us.)
+            reason = self._open_and_pump(kind)
             if self._stop.is_set():
                 break
+            if reason is None:
+                continue
             if self._up:
                 backoff = self.spec.reconnect_initial_s  # it worked for a while: start over
             self._state(False, reason)
@@ -292,6 +264,46 @@ class CaptureThread(StageThread):
                          shown(self.spec.source), backoff)
             self._stop.wait(backoff)
             backoff = min(backoff * 2, self.spec.reconnect_max_s)
+
+    def _open_and_pump(self, kind: str) -> str | None:
+        """Open the source and read it until it fails; returns why it ended (None: it cannot
+        ever open, which was reported, and waited on)."""
+        native: list[str] = []
+        # OpenCV runs one FFmpeg open at a time per process: a capture stopped by a reload
+        # must not queue behind a silent camera's open and then run its own full open while
+        # the new capture waits. Ours first, with a stop check once we have it. V4L2 and
+        # GStreamer sources do not go through FFmpeg and never wait for it.
+        ffmpeg = kind in ("url", "file")
+        while ffmpeg and not _OPEN_LOCK.acquire(timeout=0.1):
+            if self._stop.is_set():
+                return "stopped"
+        refused: ConfigError | None = None
+        try:
+            if self._stop.is_set():
+                return "stopped"
+            with native_lines() as said:  # FFmpeg's word on why an open fails
+                cap = _open(self.spec)
+                if not cap.isOpened():
+                    native = said()
+        except ConfigError as e:
+            refused = e
+        finally:
+            if ffmpeg:
+                _OPEN_LOCK.release()
+        if refused is not None:  # cannot ever work: report and wait for a reload/stop
+            self._state(False, str(refused))
+            self._stop.wait(self.spec.reconnect_max_s)
+            return None
+        try:
+            if cap.isOpened():
+                return self._pump(cap)
+            if self._stop.is_set():
+                return "stopped"
+            return why_cannot_open(self.spec, native, self._stop)
+        except cv2.error as e:
+            return f"OpenCV error: {str(e).strip().splitlines()[-1]}"
+        finally:
+            cap.release()
 
     def _pump(self, cap: cv2.VideoCapture) -> str:
         """Read frames until the source fails, stalls or we are stopped; returns why it ended."""
@@ -312,8 +324,11 @@ class CaptureThread(StageThread):
             # resizing and pacing, so latency_ms and a subscriber's age of a frame include them.
             ok = cap.grab()
             mono_ns, ts_ns = time.monotonic_ns(), time.time_ns()
-            image = cap.retrieve()[1] if ok else None
             now = mono_ns / 1e9
+            if ok and min_gap and not period and now - last_put < min_gap:
+                self._state(True, "")
+                continue  # over fps_limit: not even converted (a paced file's turn is below)
+            image = cap.retrieve()[1] if ok else None
             if image is None or image.size == 0:
                 if not is_file:
                     return "read failed or timed out"

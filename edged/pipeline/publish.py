@@ -8,6 +8,7 @@ blocks: at SNDHWM ZeroMQ drops messages for the slow subscriber only.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -160,7 +161,7 @@ class Publisher(StageThread):
     def __init__(self, cfg: PublishConfig,
                  status_fn: Callable[[], Sequence[Message]]) -> None:
         """``status_fn``: the status messages to send every ``status_interval_s`` (the
-        process's and each camera's)."""
+        process's and each camera's); their ``seq`` is set here as they are sent."""
         # A daemon thread: a peer flood can keep libzmq busy inside send() for long; the
         # process must still exit within 2 s of SIGTERM (the join below gives up, and an
         # unfinished thread does not hold the interpreter).
@@ -169,6 +170,7 @@ class Publisher(StageThread):
         self._status_fn = status_fn
         self._queue: queue.Queue[DetMessage] = queue.Queue(QUEUE_SIZE)
         self._status_queue: queue.SimpleQueue[Sequence[Message]] = queue.SimpleQueue()
+        self._status_seqs: dict[str, int] = {}  # topic -> the next status seq
         self._ctx = zmq.Context()
         self._sock: zmq.Socket[bytes] | None = None
         self._auth: ThreadAuthenticator | None = None
@@ -442,8 +444,13 @@ class Publisher(StageThread):
             self._sock.send_multipart([message.topic.encode(), payload], flags=zmq.NOBLOCK)
 
     def _send_status(self, messages: Sequence[Message] | None = None) -> None:
+        """Status messages are numbered here, as they leave: snapshots taken on several
+        threads (state changes, the periodic one) reach this thread in any order, and a
+        subscriber reads a seq going backwards as lost messages."""
         for message in messages if messages is not None else self._status_fn():
-            self._send(message)
+            seq = self._status_seqs.get(message.topic, 0)
+            self._status_seqs[message.topic] = seq + 1
+            self._send(dataclasses.replace(message, seq=seq))
 
     def _serve(self) -> None:
         assert self._sock is not None

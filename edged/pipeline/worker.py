@@ -67,16 +67,22 @@ CREDIT_BOUND = 1000  # keeps the credits bounded whatever the readiness pattern
 class WeightedRoundRobin:
     """Smooth weighted round-robin (as nginx balances upstreams) over the cameras that have a
     fresh frame: with equal weights they take turns; a camera of weight 2 gets two frames for
-    every one of a camera of weight 1, interleaved; a camera without a frame neither waits nor
-    saves up credit for a burst later."""
+    every one of a camera of weight 1, interleaved; a camera without a frame neither saves up
+    credit for a burst later nor keeps a debt that would make its next frame wait (a camera
+    slower than its share is served as soon as its frame is there, after at most one turn of
+    each other camera)."""
 
     def __init__(self) -> None:
         self._credit: dict[str, int] = {}  # camera -> credit
 
     def pick(self, ready: Sequence[Lane]) -> Lane:
+        credit = self._credit
+        names = {x.camera for x in ready}
+        for name in [n for n, c in credit.items() if n not in names and c < 0]:
+            del credit[name]  # a camera without a frame carries no debt: it was not served
         if len(ready) == 1:
             return ready[0]
-        credit, total = self._credit, sum(x.weight for x in ready)
+        total = sum(x.weight for x in ready)
         for x in ready:
             credit[x.camera] = min(credit.get(x.camera, 0) + x.weight, CREDIT_BOUND)
         lane = max(ready, key=lambda x: credit[x.camera])  # ties: the first listed
@@ -102,7 +108,7 @@ class InferenceWorker(StageThread):
         self._swap_lock = threading.Lock()  # between writers only; the frame loop never takes it
         self._seqs: dict[str, int] = {}  # camera -> next det seq (kept across reloads)
         self._turns = WeightedRoundRobin()
-        # Engines replaced by set_engine, closed by this thread between frames (never under a
+        # Engines replaced by update(), closed by this thread between frames (never under a
         # running invoke). deque: append and popleft are atomic.
         self._retired = deque[Engine]()
         self.busy_since_mono: float | None = None  # set while a frame is processed (watchdog)
@@ -123,17 +129,18 @@ class InferenceWorker(StageThread):
             self._settings = dataclasses.replace(old, **changes)  # type: ignore[arg-type]
             return old
 
-    def set_engine(self, engine: Engine) -> None:
-        """Use ``engine`` from the next frame on; the replaced one is closed by this thread
-        after its last frame (never under a running invoke)."""
-        old = self._replace(engine=engine)
-        if old.engine is not engine:  # retired only once no new frame can pick it up
-            self._retired.append(old.engine)
-
-    def set_lanes(self, lanes: Sequence[Lane], empty_frames: bool) -> None:
-        """Serve these cameras from the next frame on (a capture thread that has not ended yet
-        keeps filling its old slot, which nobody reads)."""
-        self._replace(lanes=tuple(lanes), empty_frames=empty_frames)
+    def update(self, lanes: Sequence[Lane], empty_frames: bool,
+               engine: Engine | None = None) -> None:
+        """Serve these cameras (with ``engine``, if given) from the next frame on, all in one
+        swap. A replaced engine is closed by this thread after its last frame (never under a
+        running invoke); a capture thread that has not ended yet keeps filling its old slot,
+        which nobody reads."""
+        changes: dict[str, object] = {"lanes": tuple(lanes), "empty_frames": empty_frames}
+        if engine is not None:
+            changes["engine"] = engine
+        old = self._replace(**changes)
+        if engine is not None and old.engine is not engine:
+            self._retired.append(old.engine)  # only once no new frame can pick it up
         with self._frames:
             self._frames.notify_all()  # a wait for the old lanes ends now
 

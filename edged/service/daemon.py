@@ -147,9 +147,8 @@ class Service:
         self.engine: Engine | None = None
         self.publisher: Publisher | None = None
         self.worker: InferenceWorker | None = None
-        self._status_seq = 0
-        # Around taking a state-change snapshot and queueing it (main, reload and capture
-        # threads): a snapshot is never queued behind a newer one.
+        # Around a state change, its snapshot and queueing it (main, reload and capture
+        # threads); the publisher numbers status messages as it sends them.
         self._status_lock = threading.RLock()
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -225,11 +224,8 @@ class Service:
     def _process_status(self) -> ProcessStatus:
         counts = self.stats.snapshot()
         eng = self.engine
-        with self._status_lock:
-            seq = self._status_seq
-            self._status_seq += 1
         return ProcessStatus(
-            seq=seq, state=self.state, ts_ns=time.time_ns(),
+            seq=0, state=self.state, ts_ns=time.time_ns(),  # seq: set by the publisher
             uptime_s=round(time.monotonic() - self.started_mono, 3),
             model=eng.model_name if eng else self.cfg.model.stem,
             backend=eng.backend if eng else "none",
@@ -245,7 +241,7 @@ class Service:
         counts = cam.stats.snapshot()  # frames, drops, rates, latencies: no side effects
         eng, cap, reason = self.engine, cam.capture, cam.source_reason
         return StatusMessage(
-            camera=cam.name, seq=cam.next_status_seq(), state=self.camera_state(cam),
+            camera=cam.name, seq=0, state=self.camera_state(cam),  # seq: the publisher's
             ts_ns=time.time_ns(), uptime_s=round(time.monotonic() - self.started_mono, 3),
             model=eng.model_name if eng else self.cfg.model.stem,
             backend=eng.backend if eng else "none",
@@ -600,10 +596,6 @@ class Service:
         assert self.worker is not None and self.engine is not None
         assert self.publisher is not None
         kept: str | None = None
-        if engine is not None:
-            self.worker.set_engine(engine)  # at the next frame boundary; the old one closed
-            self.engine = engine
-            logger.info("reload: model %s on %s", engine.model_name, engine.backend)
         if new.publish != old.publish or keys_changed:
             try:
                 for change in self.publisher.reconfigure(new.publish):
@@ -613,7 +605,7 @@ class Service:
                              "(retried on the next reload): %s", e)
                 kept = f"publish kept: {e}"
                 new = dataclasses.replace(new, publish=old.publish)
-        self._apply_cameras(new)
+        self._apply_cameras(new, engine)
         if new.log_level != old.log_level:
             logging.getLogger().setLevel(new.log_level.upper())
         self.cfg = new
@@ -621,10 +613,12 @@ class Service:
         logger.info("reload: applied %s%s", new.source, f" ({kept})" if kept else "")
         return kept
 
-    def _apply_cameras(self, new: Config) -> None:
+    def _apply_cameras(self, new: Config, engine: Engine | None) -> None:
         """Cameras by name: a removed one stops, an added one starts, one whose capture
         settings changed gets a new capture (and slot); detection settings and weights apply
-        at the next frame. The other cameras' captures are not touched."""
+        at the next frame. The other cameras' captures are not touched. The worker gets the
+        new engine (if any) and the new cameras in one swap: never a new model's class ids
+        filtered with the old labels."""
         assert self.worker is not None
         running = self.cameras
         cameras: dict[str, Camera] = {}
@@ -649,9 +643,13 @@ class Service:
             cam.stop_capture(max(joined - time.monotonic(), 0.0))  # and a new slot
         with self._status_lock:
             self.cameras = cameras
+            if engine is not None:
+                self.engine = engine
+                logger.info("reload: model %s on %s", engine.model_name, engine.backend)
             self.cfg = dataclasses.replace(self.cfg, cameras=new.cameras,
                                            detection=new.detection)
-            self.worker.set_lanes(self._lanes(), new.publish.empty_frames)
+            # at the next frame boundary; a replaced engine is closed by the worker after it
+            self.worker.update(self._lanes(), new.publish.empty_frames, engine)
             for cam in removed:
                 logger.info("reload: camera %s removed", cam.name)
                 final = self._camera_status(cam)
