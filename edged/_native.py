@@ -46,6 +46,24 @@ F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ, Linux; named in fcntl only from Pytho
 _active: NativeOutputForwarder | None = None
 
 
+M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
+MALLOC_ARENAS = 2
+
+
+def limit_malloc_arenas(n: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas (default: 8 per core) before the daemon's threads start. Each
+    camera's capture thread allocates a frame (2.7 MB at 720p) that the inference thread frees;
+    with an arena per thread, each kept its own freed frames: 4 cameras took +70 MB over one
+    (+58 MB with 2 arenas; benchmarks/multicam.py). What ``MALLOC_ARENA_MAX`` in the
+    environment does, which wins when set. False where there is no glibc mallopt (musl)."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    try:
+        return bool(ctypes.CDLL(None).mallopt(M_ARENA_MAX, n))
+    except (OSError, AttributeError):
+        return False
+
+
 def _libc_flush() -> None:
     """Flush C stdio buffers (a library's printf to stdout sits there when fd 1 is a pipe)."""
     with contextlib.suppress(OSError, AttributeError):

@@ -336,11 +336,12 @@ def _add_run(sub: argparse._SubParsersAction[_Parser]) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     import faulthandler
 
-    from edged._native import NativeOutputForwarder
+    from edged._native import NativeOutputForwarder, limit_malloc_arenas
     from edged.service.log import under_journal
     from edged.service.signals import PendingSignals
 
     pending = PendingSignals.install()  # before the heavy imports below
+    limit_malloc_arenas()  # before any thread starts
     from edged.config import default_config, load_config
 
     cfg = load_config(args.config) if args.config else default_config()

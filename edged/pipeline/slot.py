@@ -26,7 +26,8 @@ class LatestFrameSlot:
     for a frame from any of them (:meth:`take` and :attr:`ready`, under that condition)."""
 
     def __init__(self, stats: PipelineStats, cond: threading.Condition | None = None) -> None:
-        self._cond = cond or threading.Condition()
+        self._cond = cond or threading.Condition()  # frame put: wakes the consumer
+        self._taken = threading.Condition()  # frame taken: wakes this slot's producer only
         self._frame: Frame | None = None
         self._stats = stats
 
@@ -43,21 +44,22 @@ class LatestFrameSlot:
         """The waiting frame, if any, without waiting; the caller holds ``cond``."""
         frame, self._frame = self._frame, None
         if frame is not None:
-            self._cond.notify_all()  # a capture waiting in wait_taken()
+            with self._taken:  # a capture waiting in wait_taken(), and no other camera's
+                self._taken.notify_all()
         return frame
 
     def put(self, frame: Frame) -> None:
         with self._cond:
             replaced = self._frame is not None
             self._frame = frame
-            self._cond.notify_all()  # the worker, among captures waiting in wait_taken()
+            self._cond.notify()  # the consumer (one worker waits on a shared condition)
         self._stats.frame_in(replaced)
 
     def wait_taken(self, timeout_s: float) -> bool:
         """Wait until the slot is empty (the last frame was taken); True if it is."""
-        with self._cond:
+        with self._taken:
             if self._frame is not None:
-                self._cond.wait_for(lambda: self._frame is None, timeout_s)
+                self._taken.wait_for(lambda: self._frame is None, timeout_s)
             return self._frame is None
 
     def get(self, timeout_s: float) -> Frame | None:
