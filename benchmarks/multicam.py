@@ -45,10 +45,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from pipeline import Run, bare_invoke, free_port  # noqa: E402
+from pipeline import Run, bare_invoke, free_port, warm_detector  # noqa: E402
 
-from edged import sidecar  # noqa: E402
-from edged.engine.detector import Detector  # noqa: E402
 from edged.media import SAMPLE_CLIP  # noqa: E402
 from edged.models import DEFAULT_MODEL  # noqa: E402
 
@@ -79,13 +77,7 @@ def paced_rate(clip: float, bare_fps: float, cameras: int) -> tuple[float, float
 
 def paced_invoke(threads: int, rates: list[float], seconds: float) -> dict[float, dict[str, float]]:
     """The bare invoke at each total rate: sleep to the next due time, invoke, time it."""
-    spec = sidecar.load(DEFAULT_MODEL)
-    path = spec.variant_path("cpu")
-    assert path is not None
-    det = Detector(spec, path, threads)
-    det.preprocess(np.full((720, 1280, 3), 127, np.uint8))
-    for _ in range(10):
-        det.invoke()
+    det = warm_detector(threads)
     out: dict[float, dict[str, float]] = {}
     for rate in sorted(set(rates)):
         period = 1.0 / rate

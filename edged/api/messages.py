@@ -176,6 +176,28 @@ def detections_of(dets: Detections, labels: Sequence[str], width: int,
 
 # --- status ----------------------------------------------------------------------------------
 
+# What a camera's status and the process's status both say, declared once.
+_STATUS_FIELDS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ts_ns": ("when this status was taken, Unix epoch nanoseconds", {}),
+    "uptime_s": ("", {"minimum": 0}),
+    "model": ("the model's name (its file stem)", {}),
+    "backend": ("what runs the inference (none: no model loaded yet)",
+                {"enum": (*BACKENDS, "none")}),
+    "fallback_reason": ("why the configured accelerator is not in use", {}),
+    "runtime": ("the TFLite runtime in use (ai_edge_litert, tflite_runtime, ...)", {}),
+    "publish_dropped": ("messages edged dropped itself: its queue full, or a value JSON cannot "
+                        "carry (not counting ZeroMQ's HWM drops)", {"minimum": 0}),
+    "endpoints": ("endpoints bound now (a configured one missing here is being retried)", {}),
+    "reload": ("the reload in progress, or the outcome of the last one; null before the first "
+               "SIGHUP", {}),
+}
+
+
+def _status(name: str) -> Any:
+    doc, schema = _STATUS_FIELDS[name]
+    return describe(doc, **schema)
+
+
 @dataclass(frozen=True, slots=True)
 class Percentiles:
     p50: float = describe(minimum=0)
@@ -211,13 +233,12 @@ class StatusMessage(Published):
     KIND: ClassVar[str] = "status"
     TOPIC: ClassVar[str] = "status"
     state: str = describe(enum=STATES)
-    ts_ns: int = describe("when this status was taken, Unix epoch nanoseconds")
-    uptime_s: float = describe(minimum=0)
-    model: str = describe("the model's name (its file stem)")
-    backend: str = describe("what runs the inference (none: no model loaded yet)",
-                            enum=(*BACKENDS, "none"))
-    fallback_reason: str | None = describe("why the configured accelerator is not in use")
-    runtime: str = describe("the TFLite runtime in use (ai_edge_litert, tflite_runtime, ...)")
+    ts_ns: int = _status("ts_ns")
+    uptime_s: float = _status("uptime_s")
+    model: str = _status("model")
+    backend: str = _status("backend")
+    fallback_reason: str | None = _status("fallback_reason")
+    runtime: str = _status("runtime")
     fps_in: float = describe("frames captured per second, recent", minimum=0)
     fps_out: float = describe("frames inferred per second, recent", minimum=0)
     frames_in: int = describe("frames captured since start", minimum=0)
@@ -227,13 +248,9 @@ class StatusMessage(Published):
     source: SourceStatus = describe()
     latency_ms: Mapping[str, Percentiles] = describe(
         "per stage, over the last frames; a stage without frames yet is absent", keys=STAGES)
-    publish_dropped: int = describe(
-        "messages edged dropped itself: its queue full, or a value JSON cannot carry (not "
-        "counting ZeroMQ's HWM drops)", minimum=0)
-    endpoints: tuple[str, ...] = describe(
-        "endpoints bound now (a configured one missing here is being retried)")
-    reload: ReloadStatus | None = describe(
-        "the reload in progress, or the outcome of the last one; null before the first SIGHUP")
+    publish_dropped: int = _status("publish_dropped")
+    endpoints: tuple[str, ...] = _status("endpoints")
+    reload: ReloadStatus | None = _status("reload")
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,13 +263,12 @@ class ProcessStatus(Envelope):
     seq: int = describe("+1 per process status: a gap means lost messages", minimum=0)
     state: str = describe("the process; each camera's own state is in `cameras`",
                           enum=PROCESS_STATES)
-    ts_ns: int = describe("when this status was taken, Unix epoch nanoseconds")
-    uptime_s: float = describe(minimum=0)
-    model: str = describe("the model's name (its file stem)")
-    backend: str = describe("what runs the inference (none: no model loaded yet)",
-                            enum=(*BACKENDS, "none"))
-    fallback_reason: str | None = describe("why the configured accelerator is not in use")
-    runtime: str = describe("the TFLite runtime in use (ai_edge_litert, tflite_runtime, ...)")
+    ts_ns: int = _status("ts_ns")
+    uptime_s: float = _status("uptime_s")
+    model: str = _status("model")
+    backend: str = _status("backend")
+    fallback_reason: str | None = _status("fallback_reason")
+    runtime: str = _status("runtime")
     inference_load: float = describe(
         "share of the recent time the inference worker was busy with a frame (1: every camera "
         "waits for it)", minimum=0, maximum=1)
@@ -260,13 +276,9 @@ class ProcessStatus(Envelope):
     frames_out: int = describe("frames inferred since start, all cameras", minimum=0)
     cameras: Mapping[str, str] = describe("camera name -> its state (as in its status)",
                                           values=STATES)
-    publish_dropped: int = describe(
-        "messages edged dropped itself: its queue full, or a value JSON cannot carry (not "
-        "counting ZeroMQ's HWM drops)", minimum=0)
-    endpoints: tuple[str, ...] = describe(
-        "endpoints bound now (a configured one missing here is being retried)")
-    reload: ReloadStatus | None = describe(
-        "the reload in progress, or the outcome of the last one; null before the first SIGHUP")
+    publish_dropped: int = _status("publish_dropped")
+    endpoints: tuple[str, ...] = _status("endpoints")
+    reload: ReloadStatus | None = _status("reload")
 
 
 Message = DetMessage | StatusMessage | ProcessStatus
