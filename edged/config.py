@@ -317,7 +317,9 @@ def parse_config(data: Any, where: str = "config") -> Config:
         raise r.fail("cameras", "expected at least one camera (or remove the key)")
     cfg: Config = r.section(Config, data)
     listed = isinstance(data, dict) and data.get("cameras") is not None
-    return dataclasses.replace(_cross(cfg, r, listed), source=where)
+    cfg = _cross(cfg, r, listed)
+    # camera: the first camera in both forms, so moving one camera between them is no change
+    return dataclasses.replace(cfg, camera=cfg.cameras[0], source=where)
 
 
 def _cross(cfg: Config, r: Reader, listed: bool = False) -> Config:

@@ -196,6 +196,7 @@ def test_camera_shorthand_and_list_are_the_same_camera() -> None:
     one = parse_config({"camera": {"name": "a", "source": str(SAMPLE_CLIP)}})
     listed = _cameras({"name": "a"})
     assert one.cameras == listed.cameras and len(one.cameras) == 1
+    assert one == listed  # so a reload moving a camera between the forms is "unchanged"
     assert parse_config({"camera": None, "cameras": [{"name": "a"}]}).cameras[0].name == "a"
 
 
