@@ -1,0 +1,240 @@
+"""The event store: the one thread that writes the event history (edged.api.history).
+
+The inference thread hands each event message to `EventStore.submit`, which only appends to a
+bounded in-memory queue: it never waits on the disk. The writer thread commits what is queued in
+one transaction per batch (a few per second at most: little flash wear).
+
+Queue full (the disk stalls): the oldest queued ``update`` is dropped and counted. ``start`` and
+``end`` are never dropped for an update: the row is upserted whole from every message, so a lost
+update costs an intermediate state, which the event's next message overwrites. Only when the
+queue holds nothing but starts and ends (``2 x queue_size`` of them: the disk has been gone for
+a long while) is the oldest of those dropped, counted in `lost`.
+
+Lifecycle. At start the thread opens the history and closes the events a crash left open
+(``end_reason: crash``). Shutdown: the daemon ends its open events itself, with ``end`` messages
+``end_reason: shutdown`` (subscribers must hear of it too), and submits them before `stop`;
+`stop` drains the queue, then closes whatever is still open with ``shutdown`` as a safety net
+(a camera that hung and never sent its ends). Keep one store for the life of the process (a
+reload does not restart it): stopping it closes every open event.
+
+Failures (disk full, a read-only remount, a corrupt file) never end the thread: the batch is
+counted in `errors`, the reason is logged once and reported by `state` until a write succeeds
+again; a history that cannot be opened is retried every ``retry_s``.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from edged.api.history import HistoryError, close_orphans, open_history, prune, record
+from edged.api.messages import EventMessage
+from edged.errors import first_line
+from edged.pipeline.stage import StageThread
+
+logger = logging.getLogger(__name__)
+
+QUEUE_SIZE = 1024
+BATCH = 256  # messages per transaction
+PRUNE_INTERVAL_S = 3600.0
+RETRY_S = 30.0
+OK = "ok"
+
+Opener = Callable[[Path], sqlite3.Connection]
+
+
+class EventStore(StageThread):
+    """Writes event messages to the history at ``path``; see the module doc for the policies.
+
+    ``retention_days``: ended events older than this are deleted, at start and every
+    ``prune_interval_s`` (None: kept for ever). ``opener``: how the history is opened (tests
+    give one that limits its size, to fill the "disk")."""
+
+    def __init__(self, path: Path, retention_days: float | None = 30.0,
+                 queue_size: int = QUEUE_SIZE, prune_interval_s: float = PRUNE_INTERVAL_S,
+                 retry_s: float = RETRY_S, opener: Opener = open_history,
+                 clock_ns: Callable[[], int] = time.time_ns) -> None:
+        # A daemon thread: a write stuck on a dying disk must not hold the process past a
+        # bounded stop (the daemon joins it with a timeout; what was committed stays).
+        super().__init__("edged-event-store", daemon=True)
+        if queue_size < 1:
+            raise ValueError("queue_size must be at least 1")
+        self.path = Path(path)
+        self._retention_ns = None if retention_days is None else int(retention_days * 86400e9)
+        self._size = queue_size
+        self._prune_s = prune_interval_s
+        self._retry_s = retry_s
+        self._opener = opener
+        self._clock = clock_ns
+        self._cond = threading.Condition()
+        self._queue: collections.deque[EventMessage] = collections.deque()
+        self._in_flight = 0
+        self._state = OK
+        self.written = 0  # messages committed
+        self.dropped = 0  # updates dropped: queue full
+        self.lost = 0  # starts/ends dropped: queue full of nothing else
+        self.errors = 0  # messages whose write failed
+        self.crash_closed = 0  # events closed with end_reason crash at start
+        self.shutdown_closed = 0  # still open after the drain at stop, closed with shutdown
+        self.pruned = 0
+
+    @property
+    def state(self) -> str:
+        """"ok", or why the history is not being written now (for the status)."""
+        return self._state
+
+    @property
+    def queued(self) -> int:
+        with self._cond:
+            return len(self._queue)
+
+    def submit(self, msg: EventMessage) -> None:
+        """Queue ``msg`` for writing; never blocks on the disk (the lock is held for an append,
+        or a scan of the queue when it is full)."""
+        with self._cond:
+            q = self._queue
+            if len(q) >= self._size and not self._drop_oldest_update(msg):
+                return
+            q.append(msg)
+            self._cond.notify()
+
+    def _drop_oldest_update(self, incoming: EventMessage) -> bool:
+        """Make room for ``incoming`` in a full queue; False: drop ``incoming`` instead."""
+        q = self._queue
+        for i, m in enumerate(q):
+            if m.phase == "update":
+                del q[i]
+                self.dropped += 1
+                return True
+        if incoming.phase == "update":  # only starts and ends queued: they matter more
+            self.dropped += 1
+            return False
+        if len(q) >= 2 * self._size:
+            q.popleft()
+            self.lost += 1
+            if self.lost == 1:
+                logger.warning("event history: queue full of starts and ends (is %s "
+                               "writable?); dropping the oldest", self.path)
+        return True
+
+    def stop(self) -> None:
+        """Ask the thread to write what is queued, close the events still open (shutdown) and
+        end; `join` waits for it."""
+        with self._cond:
+            self._stop.set()
+            self._cond.notify()
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until everything submitted so far has been written (or failed); False on
+        timeout. For tests and an orderly shutdown; the inference thread never calls it."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._queue or self._in_flight:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._thread.is_alive():
+                    return False
+                self._cond.wait(left)
+            return True
+
+    # --- the thread --------------------------------------------------------------------------
+
+    def _set_state(self, state: str) -> None:
+        if state != self._state:
+            if state == OK:
+                logger.info("event history %s: writing again", self.path)
+            else:
+                logger.error("%s", state)  # once per new reason, not per batch
+            self._state = state
+
+    def _failed(self, e: BaseException) -> None:
+        msg = str(e) if isinstance(e, HistoryError) else f"event history {self.path}: " \
+                                                           f"{first_line(e)}"
+        self._set_state(msg)
+
+    def _open(self) -> sqlite3.Connection | None:
+        try:
+            conn = self._opener(self.path)
+        except (HistoryError, sqlite3.Error, OSError) as e:
+            self._failed(e)
+            return None
+        try:
+            self.crash_closed += close_orphans(conn, "crash", self._clock())
+            if self.crash_closed:
+                logger.warning("event history: %d events left open by a crash, closed",
+                               self.crash_closed)
+        except sqlite3.Error as e:
+            self._failed(e)
+        return conn
+
+    def _take(self, timeout_s: float) -> list[EventMessage]:
+        with self._cond:
+            if not self._queue and not self._stop.is_set():
+                self._cond.wait(max(0.0, timeout_s))
+            batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
+            self._in_flight = len(batch)
+            return batch
+
+    def _done(self) -> None:
+        with self._cond:
+            self._in_flight = 0
+            self._cond.notify_all()
+
+    def _write(self, conn: sqlite3.Connection, batch: list[EventMessage]) -> None:
+        try:
+            with conn:
+                for msg in batch:
+                    record(conn, msg)
+        except Exception as e:  # sqlite3.Error, or a value SQLite cannot hold: never fatal
+            self.errors += len(batch)
+            self._failed(e)
+        else:
+            self.written += len(batch)
+            self._set_state(OK)
+
+    def _prune(self, conn: sqlite3.Connection) -> None:
+        if self._retention_ns is None:
+            return
+        try:
+            self.pruned += prune(conn, self._clock() - self._retention_ns)
+        except sqlite3.Error as e:
+            self._failed(e)
+
+    def _run(self) -> None:
+        conn = self._open()
+        next_open = time.monotonic() + self._retry_s
+        if conn is not None:
+            self._prune(conn)
+        next_prune = time.monotonic() + self._prune_s
+        try:
+            while True:
+                now = time.monotonic()
+                wake = next_prune if conn is not None else next_open
+                batch = self._take(wake - now)
+                if conn is None and (time.monotonic() >= next_open or self._stop.is_set()):
+                    conn = self._open()
+                    next_open = time.monotonic() + self._retry_s
+                if batch:
+                    if conn is None:
+                        self.errors += len(batch)
+                    else:
+                        self._write(conn, batch)
+                    self._done()
+                if conn is not None and time.monotonic() >= next_prune:
+                    self._prune(conn)
+                    next_prune = time.monotonic() + self._prune_s
+                if self._stop.is_set() and not self.queued:
+                    break
+            if conn is not None:
+                try:
+                    self.shutdown_closed = close_orphans(conn, "shutdown", self._clock())
+                except sqlite3.Error as e:
+                    self._failed(e)
+        finally:
+            self._done()
+            if conn is not None:
+                conn.close()
