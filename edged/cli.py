@@ -395,7 +395,7 @@ def _add_sub(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _cmd_sub(args: argparse.Namespace) -> int:
-    from edged.api.client import DetMessage, ProcessStatus, Subscriber
+    from edged.api.client import DetMessage, EventMessage, ProcessStatus, Subscriber
     from edged.config import check_endpoint
 
     for ep in args.endpoints:
@@ -424,6 +424,13 @@ def _cmd_sub(args: argparse.Namespace) -> int:
                     f"({d.box[2]:.0f},{d.box[3]:.0f})" for d in msg.detections) or "-"
                 print(f"{_printable(msg.topic)} #{msg.seq} frame {msg.frame_seq} "
                       f"{msg.latency_ms.total:.1f} ms: {found}", flush=True)
+            elif isinstance(msg, EventMessage):
+                zones = f" in {', '.join(_printable(z) for z in msg.zones)}" if msg.zones else ""
+                why = f" ({_printable(msg.end_reason)})" if msg.end_reason else ""
+                still = ", stationary" if msg.stationary else ""
+                print(f"{_printable(msg.topic)} {_printable(msg.phase)}{why} "
+                      f"{_printable(msg.label)} {_printable(msg.id)}{zones}: "
+                      f"{msg.duration_s:.0f} s{still}, best {msg.top_score:.2f}", flush=True)
             elif isinstance(msg, ProcessStatus):
                 fb = (f" (fallback: {_printable(msg.fallback_reason)})"
                       if msg.fallback_reason else "")
@@ -441,6 +448,78 @@ def _cmd_sub(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_events(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser(
+        "events", help="list, export, summarize or plot the event history",
+        description="The events edged recorded, each in its latest state; times are local. "
+                    "--since and --until take a duration ago (90m, 24h, 7d) or a date "
+                    "(2026-11-22, 2026-11-22T07:00); an event present at any time in between "
+                    "is listed.")
+    p.add_argument("--db", type=Path, default=None,
+                   help="the history file (default: the one the daemon writes, in its "
+                        "systemd StateDirectory)")
+    p.add_argument("--since", metavar="WHEN", help="e.g. 24h or 2026-11-22")
+    p.add_argument("--until", metavar="WHEN")
+    p.add_argument("--camera", help="only this camera's events")
+    p.add_argument("--label", help="only this label (bird, person, ...)")
+    p.add_argument("--zone", help="only events that entered this zone")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="one JSON object per line")
+    fmt.add_argument("--csv", action="store_true", help="CSV with a header line")
+    p.add_argument("--summary", choices=("hour", "day"),
+                   help="visits and total dwell per local hour or day, camera and label")
+    p.add_argument("--plot", type=Path, metavar="PNG",
+                   help="draw visits and time present per hour (or --summary day) to a PNG "
+                        "(needs matplotlib: pip install 'edged[plot]')")
+    p.set_defaults(func=_cmd_events)
+
+
+def _cmd_events(args: argparse.Namespace) -> int:
+    import sqlite3
+    import time
+
+    from edged.api import history
+    from edged.errors import first_line
+    from edged.tools import events as ev
+
+    now = time.time_ns()
+    since = ev.parse_when(args.since, now, "--since") if args.since else None
+    until = ev.parse_when(args.until, now, "--until") if args.until else None
+    db = args.db or history.DEFAULT_DB
+    conn = history.open_history(db, readonly=True)
+    try:
+        try:
+            found = history.events(conn, since, until, args.camera, args.label, args.zone)
+        except sqlite3.Error as e:
+            raise history.HistoryError(f"event history {db}: {first_line(e)}") from None
+    finally:
+        conn.close()
+    if args.summary or args.plot:
+        rows = history.summarize(found, args.summary or "hour", since, until)
+        if args.plot:
+            ev.plot_visits(rows, args.plot, f"visits per {args.summary or 'hour'}")
+            print(f"{_printable(str(args.plot))}: {sum(r.visits for r in rows)} visits in "
+                  f"{len({r.bucket for r in rows})} {args.summary or 'hour'}s")
+            if not args.summary:
+                return EXIT_OK
+        if args.json:
+            ev.write_json((r._asdict() for r in rows), sys.stdout)
+        elif args.csv:
+            ev.write_summary_csv(rows, sys.stdout)
+        else:
+            for line in ev.summary_lines(rows):
+                print(_printable(line))
+        return EXIT_OK
+    if args.json:
+        ev.write_json(found, sys.stdout)
+    elif args.csv:
+        ev.write_csv(found, sys.stdout)
+    else:
+        for event in found:
+            print(_printable(ev.event_line(event)))
+    return EXIT_OK
+
+
 def build_parser() -> _Parser:
     parser = _Parser(prog="edged", description="On-device object detection daemon.")
     parser.add_argument("--version", action="version", version=f"edged {__version__}")
@@ -453,6 +532,7 @@ def build_parser() -> _Parser:
     _add_detect(sub)
     _add_bench(sub)
     _add_eval(sub)
+    _add_events(sub)
     return parser
 
 

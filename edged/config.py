@@ -30,6 +30,7 @@ from edged.spec import (
     Reader,
     Text,
     below,
+    list_of,
     map_of,
     mapping,
     markdown,
@@ -159,6 +160,56 @@ def _secret_key(v: Any) -> str:
     return TEXT(v)
 
 
+MAX_POLYGON_POINTS = 64
+MAX_ZONES = 32  # per camera, and as many masks
+
+
+def _point(v: Any) -> tuple[float, float]:
+    if not isinstance(v, list) or len(v) != 2:
+        raise Invalid(f"expected a point [x, y], got {show(v)}")
+    x, y = (below(f"[{i}]", UNIT, c) for i, c in enumerate(v))
+    return (x, y)
+
+
+def _polygon(v: Any) -> tuple[tuple[float, float], ...]:
+    """At least 3 points [x, y], normalized to the frame (0..1; x right, y down)."""
+    if not isinstance(v, list) or not 3 <= len(v) <= MAX_POLYGON_POINTS:
+        raise Invalid(f"expected a polygon: a list of 3-{MAX_POLYGON_POINTS} points [x, y] "
+                      f"in 0..1, got {show(v)}")
+    return tuple(list_of(_point)(v))
+
+
+def _zone(v: Any) -> dict[str, Any]:
+    if isinstance(v, list):  # the short form: just the polygon
+        v = {"polygon": v}
+    v = mapping(v)
+    no_unknown(v, {"polygon", "labels"}, listed=False)
+    if "polygon" not in v:
+        raise Invalid("a zone needs a polygon")
+    return {"polygon": below(".polygon", _polygon, v["polygon"]),
+            "labels": None if v.get("labels") is None else below(".labels", _labels,
+                                                                 v["labels"])}
+
+
+def _zones(v: Any) -> dict[str, dict[str, Any]]:
+    v = mapping(v)
+    if len(v) > MAX_ZONES:
+        raise Invalid(f"at most {MAX_ZONES} zones, got {len(v)}")
+    for k in v:
+        below(f".{show(k)[1:-1] if isinstance(k, str) else show(k)}", _name, k)
+    zones: dict[str, dict[str, Any]] = map_of(_zone)(v)
+    return zones
+
+
+def _masks(v: Any) -> tuple[tuple[tuple[float, float], ...], ...]:
+    if not isinstance(v, list) or len(v) > MAX_ZONES:
+        raise Invalid(f"expected a list of at most {MAX_ZONES} polygons, got {show(v)}")
+    return tuple(list_of(_polygon)(v))
+
+
+ANCHORS = ("bottom_center", "center")
+
+
 # --- the declarations ---------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -206,9 +257,18 @@ class CameraConfig:
         "top-level ones (`class_thresholds` are merged), e.g. `{classes: [bird]}`",
         check=lambda v: _detection_overrides(v), factory=dict)
 
+    zones: Mapping[str, Mapping[str, Any]] = setting(
+        doc="Named zones: polygons of points `[x, y]` normalized to the frame (0..1, y down), "
+        "optionally for some labels only: `{rail: {polygon: [[0.1, 0.6], [0.9, 0.6], [0.9, "
+        "0.8]], labels: [bird]}}`. Events say which zones their object is in",
+        check=_zones, factory=dict)
+    masks: tuple[tuple[tuple[float, float], ...], ...] = setting(
+        (), "Polygons whose detections are ignored by events (the plastic owl, the TV); det "
+        "messages still carry them", _masks)
+
     def capture(self) -> CameraConfig:
         """What the capture thread uses: a change here (and only here) restarts it."""
-        return dataclasses.replace(self, weight=1, detection={})
+        return dataclasses.replace(self, weight=1, detection={}, zones={}, masks=())
 
 
 @dataclass(frozen=True)
@@ -234,6 +294,37 @@ class InferenceConfig:
         True, "Try an NPU or external delegate (load, build, one invoke) in a child process "
         "first: one that crashes or hangs costs a CPU fallback instead of the daemon")
     probe_timeout_s: float = setting(300.0, "Bound on that probe, seconds", Num(1.0, 7200.0))
+
+
+@dataclass(frozen=True)
+class EventsConfig:
+    enabled: bool = setting(True, "Turn each camera's detections into events "
+                            "(`event/<camera>/`): tracked objects that stayed")
+    min_hits: int = setting(3, "An object becomes an event once seen in this many of the last "
+                            "`window` frames (3 of 5: within 1 s at 5 fps)", Int(1, 1000))
+    window: int = setting(5, "See `min_hits` (>= `min_hits`)", Int(1, 1000))
+    min_score: float = setting(0.35, "... with a median score of at least this", UNIT)
+    end_after_s: float = setting(5.0, "An event ends once its object has not been seen for this "
+                                 "long", Num(0.1, 3600.0))
+    stationary_after_s: float = setting(30.0, "An object that has not moved for this long is "
+                                        "`stationary` (still one event, however long it "
+                                        "stays)", Num(1.0, 86400.0))
+    update_interval_s: float = setting(10.0, "At most one `update` per event this often (zone "
+                                       "changes, a better snapshot, turning stationary)",
+                                       Num(0.0, 86400.0))
+    anchor: str = setting("bottom_center", "Point of a box that must be inside a zone (or "
+                          "mask)", OneOf(ANCHORS, TEXT))
+    history: Path | None = setting(
+        None, "SQLite file of the event history (null: `$STATE_DIRECTORY/events.db` under "
+        "systemd's `StateDirectory=`, else none)", TEXT)
+    retention_days: float = setting(90.0, "Events (and snapshots) older than this are deleted",
+                                    Num(0.01, 36500.0))
+    snapshots: Path | None = setting(
+        None, "Directory of each event's best frame as JPEG (null: `$STATE_DIRECTORY/snapshots` "
+        "under systemd's `StateDirectory=`, else none)", TEXT)
+    snapshot_quality: int = setting(85, "JPEG quality of snapshots", Int(1, 100))
+    snapshot_max_mb: float = setting(500.0, "Snapshots take at most this much disk; the oldest "
+                                     "go first", Num(1.0, 1e7))
 
 
 @dataclass(frozen=True)
@@ -273,6 +364,7 @@ class Config:
                           TEXT, null_default=True, shown="the shipped yolov3-tiny")
     inference: InferenceConfig = setting(factory=InferenceConfig)
     detection: DetectionConfig = setting(factory=DetectionConfig)
+    events: EventsConfig = setting(factory=EventsConfig)
     publish: PublishConfig = setting(factory=PublishConfig)
     log_level: str = setting("info", "Log level", OneOf(("debug", "info", "warning", "error"),
                                                          TEXT))
@@ -354,6 +446,14 @@ def _cross(cfg: Config, r: Reader, listed: bool = False) -> Config:
     cameras = tuple(dataclasses.replace(cam, detection=_labelled(
         cam.detection, f"{f'cameras[{i}]' if listed else 'camera'}.detection", labels, r))
         for i, cam in enumerate(cfg.cameras))
+    for i, cam in enumerate(cfg.cameras):
+        at = f"cameras[{i}]" if listed else "camera"
+        for name, zone in cam.zones.items():
+            for j, label in enumerate(zone["labels"] or ()):
+                if label not in labels:
+                    raise r.fail(f"{at}.zones.{name}.labels[{j}]", _unknown(label, labels))
+    if cfg.events.window < cfg.events.min_hits:
+        raise r.fail("events.window", "must be >= min_hits")
     if curve is not None:
         if not curve.server_secret_key.is_file():
             raise r.fail("publish.curve.server_secret_key",

@@ -48,8 +48,8 @@ STATUS = StatusMessage(
     ReloadStatus("in_progress", 1_763_800_000_500_000_000, None, "loading_model", 120.0, None))
 PROCESS = ProcessStatus(
     4, "running", 1_763_800_001_000_000_000, 17.0, "yolov3-tiny-416", "vx", None,
-    "tflite_runtime", 0.62, 34.8, 590, {"roof": "running", "roof2": "source_down"}, 0,
-    ("tcp://127.0.0.1:5556",), None)
+    "tflite_runtime", 0.62, 34.8, 590, {"roof": "running", "roof2": "source_down"}, "ok",
+    None, 0, ("tcp://127.0.0.1:5556",), None)
 
 
 def test_schema_file_is_generated_from_the_declarations() -> None:
@@ -73,7 +73,7 @@ def _readme_examples() -> list[dict[str, Any]]:
 
 def test_readme_examples_are_valid_messages() -> None:
     examples = _readme_examples()
-    assert {e["kind"] for e in examples} == {"detections", "status", "process"}
+    assert {e["kind"] for e in examples} == {"detections", "status", "process", "event"}
     for example in examples:
         VALIDATOR.validate(example)
         assert to_wire(decode(json.dumps(example).encode())) == example

@@ -24,6 +24,7 @@ import zmq.auth
 from edged.api.messages import (
     Detection,
     DetMessage,
+    EventMessage,
     MalformedMessage,
     Message,
     ProcessStatus,
@@ -32,8 +33,8 @@ from edged.api.messages import (
     topic_str,
 )
 
-__all__ = ["DetMessage", "Detection", "MalformedMessage", "Message", "ProcessStatus",
-           "StatusMessage", "Subscriber", "parse", "topics_for"]
+__all__ = ["DetMessage", "Detection", "EventMessage", "MalformedMessage", "Message",
+           "ProcessStatus", "StatusMessage", "Subscriber", "parse", "topics_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def parse(frames: Sequence[bytes]) -> Message:
     return decode(frames[1], topic)
 
 
-CAMERA_KINDS = tuple(k.TOPIC for k in (DetMessage, StatusMessage))
+CAMERA_KINDS = tuple(k.TOPIC for k in (DetMessage, StatusMessage, EventMessage))
 
 
 def topics_for(topics: Sequence[str], cameras: Sequence[str] | None) -> list[str]:

@@ -276,14 +276,53 @@ class ProcessStatus(Envelope):
     frames_out: int = describe("frames inferred since start, all cameras", minimum=0)
     cameras: Mapping[str, str] = describe("camera name -> its state (as in its status)",
                                           values=STATES)
+    history: str | None = describe("the event history: ok, or why events are not being "
+                                   "written to it now; null: no history configured")
+    snapshots: str | None = describe("event snapshots: ok, or why they are not being written "
+                                     "now; null: no snapshot directory configured")
     publish_dropped: int = _status("publish_dropped")
     endpoints: tuple[str, ...] = _status("endpoints")
     reload: ReloadStatus | None = _status("reload")
 
 
-Message = DetMessage | StatusMessage | ProcessStatus
-KINDS: tuple[type[DetMessage] | type[StatusMessage] | type[ProcessStatus], ...] = (
-    DetMessage, StatusMessage, ProcessStatus)
+# --- events ----------------------------------------------------------------------------------
+
+EVENT_PHASES = ("start", "update", "end")
+# left: unseen for end_after_s; shutdown: edged stopped; crash: found open at the next start;
+# removed: its camera was removed by a reload; reload: a reload changed the camera's zones,
+# masks or event rules.
+END_REASONS = ("left", "shutdown", "crash", "removed", "reload")
+
+
+@dataclass(frozen=True, slots=True)
+class EventMessage(Published):
+    """``event/<camera>/``: an object that stayed (confirmed over several frames): ``start``
+    once, ``update`` when its zones change, a better snapshot is taken or it turns stationary
+    (at most every ``update_interval_s``), ``end`` once it is gone."""
+
+    KIND: ClassVar[str] = "event"
+    TOPIC: ClassVar[str] = "event"
+    phase: str = describe(enum=EVENT_PHASES)
+    id: str = describe("the event's id, the same in its start, updates and end", minLength=1)
+    label: str = describe("the model's label")
+    ts_ns: int = describe("capture time of the frame this message is about, Unix epoch ns")
+    start_ts_ns: int = describe("first frame the object was seen in, Unix epoch ns")
+    end_ts_ns: int | None = describe("last frame it was seen in (end only; null before)")
+    duration_s: float = describe("seconds from start to this frame (end: to the last sighting)",
+                                 minimum=0)
+    stationary: bool = describe("it has not moved for a while (a bird sitting on the rail)")
+    top_score: float = describe("best score so far", minimum=0, maximum=1)
+    best_box: Box = describe("[x1, y1, x2, y2] of the best sighting, normalized to the frame",
+                             minimum=0, maximum=1)
+    zones: tuple[str, ...] = describe("zones it is in now")
+    zones_entered: tuple[str, ...] = describe("every zone it has been in, in order")
+    snapshot: str | None = describe("file name of its best snapshot (in snapshots.dir), if any")
+    end_reason: str | None = describe("why it ended (end only)", enum=(*END_REASONS, None))
+
+
+Message = DetMessage | StatusMessage | ProcessStatus | EventMessage
+KINDS: tuple[type[DetMessage] | type[StatusMessage] | type[ProcessStatus] |
+             type[EventMessage], ...] = (DetMessage, StatusMessage, ProcessStatus, EventMessage)
 
 
 # --- topics and encoding ---------------------------------------------------------------------
@@ -380,6 +419,12 @@ def _reader(tp: Any, bounds: tuple[tuple[str, Any], ...] = ()) -> Read:
     origin, args = get_origin(tp), get_args(tp)
     if tp in (int, float):
         return _number(tp is int, b.get("minimum"), b.get("maximum"))
+    if tp is bool:
+        def boolean(v: Any) -> bool:
+            if type(v) is not bool:
+                raise _Bad(f"expected true or false, got {type(v).__name__}")
+            return v
+        return boolean
     if tp is str:
         least = b.get("minLength", 0)
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from edged.config import CameraConfig
 from edged.engine.detector import DetectParams
 from edged.pipeline.capture import CaptureThread
+from edged.pipeline.events import CameraEvents
 from edged.pipeline.slot import LatestFrameSlot
 from edged.pipeline.stats import PipelineStats
 from edged.pipeline.worker import Lane
@@ -37,6 +38,7 @@ class Camera:
         # never "running" with 0 frames while a camera takes its time.
         self.source_reason: str | None = NO_FRAME_YET
         self._base_reconnects = 0  # reconnects of the captures replaced by reloads
+        self.events: CameraEvents | None = None  # set by the daemon (events on)
 
     @property
     def name(self) -> str:
@@ -48,7 +50,7 @@ class Camera:
         return self._base_reconnects + (cap.reconnects if cap else 0)
 
     def lane(self, params: DetectParams) -> Lane:
-        return Lane(self.name, self.slot, params, self.stats, self.cfg.weight)
+        return Lane(self.name, self.slot, params, self.stats, self.cfg.weight, self.events)
 
     def start(self) -> None:
         """Start a capture thread (the first, or one after :meth:`stop_capture`)."""

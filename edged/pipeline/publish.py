@@ -26,7 +26,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
-from edged.api.messages import DetMessage, Message, encode
+from edged.api.messages import Message, encode
 from edged.config import CurveConfig, PublishConfig
 from edged.errors import ConfigError, EdgedError, first_line
 from edged.pipeline.stage import StageThread
@@ -168,7 +168,7 @@ class Publisher(StageThread):
         super().__init__("edged-publish", daemon=True)
         self.cfg = cfg
         self._status_fn = status_fn
-        self._queue: queue.Queue[DetMessage] = queue.Queue(QUEUE_SIZE)
+        self._queue: queue.Queue[Message] = queue.Queue(QUEUE_SIZE)
         self._status_queue: queue.SimpleQueue[Sequence[Message]] = queue.SimpleQueue()
         self._status_seqs: dict[str, int] = {}  # topic -> the next status seq
         self._ctx = zmq.Context()
@@ -404,8 +404,9 @@ class Publisher(StageThread):
         return closed
 
     # --- producer side (any thread) ---------------------------------------------------------
-    def submit(self, message: DetMessage) -> None:
-        """Queue a det message; never blocks. When full, the oldest queued one is dropped."""
+    def submit(self, message: Message) -> None:
+        """Queue a det or event message; never blocks. When full, the oldest queued one is
+        dropped (events are also in the event history)."""
         while True:
             try:
                 self._queue.put_nowait(message)

@@ -16,10 +16,11 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from edged.api.messages import DetMessage, FrameSize, Latency, detections_of
+from edged.api.messages import DetMessage, FrameSize, Latency, Message, detections_of
 from edged.config import DetectionConfig
 from edged.engine.detector import DetectParams
 from edged.engine.engine import Engine
+from edged.pipeline.events import CameraEvents
 from edged.pipeline.slot import Frame, LatestFrameSlot
 from edged.pipeline.stage import StageThread
 from edged.pipeline.stats import PipelineStats
@@ -49,6 +50,7 @@ class Lane:
     params: DetectParams
     stats: PipelineStats
     weight: int = 1
+    events: CameraEvents | None = None  # its event layer (None: events off)
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class WorkerSettings:
 
     engine: Engine
     lanes: tuple[Lane, ...]
-    publish: Callable[[DetMessage], None]
+    publish: Callable[[Message], None]
     empty_frames: bool  # publish frames without detections too
 
 
@@ -95,7 +97,7 @@ class InferenceWorker(StageThread):
     have a fresh one, in :class:`WeightedRoundRobin` turns."""
 
     def __init__(self, engine: Engine, lanes: Sequence[Lane],
-                 publish: Callable[[DetMessage], None], stats: PipelineStats,
+                 publish: Callable[[Message], None], stats: PipelineStats,
                  frames: threading.Condition, empty_frames: bool = True) -> None:
         # A daemon thread, against our own rule, for the capture thread's reason: an invoke
         # stuck inside a wedged accelerator driver cannot be interrupted, and must not hold the
@@ -184,9 +186,11 @@ class InferenceWorker(StageThread):
                       round((t3 - t2) * 1e3, 3), round((t3 - t0) * 1e3, 3))
         lane.stats.record(lat)
         self._stats.record(lat)
+        h, w = frame.image.shape[:2]
+        if lane.events is not None:  # every frame: a frame without the object counts too
+            lane.events.on_frame(frame, dets, det.spec.labels, w, h)
         if not len(dets) and not s.empty_frames:
             return
-        h, w = frame.image.shape[:2]
         seq = self._seqs.get(lane.camera, 0)
         s.publish(DetMessage(
             lane.camera, seq, frame.seq, frame.ts_ns, FrameSize(w, h),

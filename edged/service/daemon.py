@@ -20,6 +20,7 @@ from typing import Any
 import cv2
 
 from edged import sidecar
+from edged.api.history import DEFAULT_DB
 from edged.api.messages import (
     Message,
     ProcessStatus,
@@ -27,14 +28,17 @@ from edged.api.messages import (
     SourceStatus,
     StatusMessage,
 )
-from edged.config import Config, default_config, load_config
+from edged.config import CameraConfig, Config, default_config, load_config
 from edged.engine.engine import Engine, EngineConfig, open_engine
 from edged.engine.probe import ProbeCancelled
 from edged.errors import EXIT_OK, EXIT_RUNTIME, EdgedError
 from edged.pipeline.camera import Camera
 from edged.pipeline.capture import shown
+from edged.pipeline.events import CameraEvents, settings_of
 from edged.pipeline.publish import Publisher, PublishError
+from edged.pipeline.snapshots import SnapshotWriter
 from edged.pipeline.stats import PipelineStats
+from edged.pipeline.store import EventStore
 from edged.pipeline.worker import InferenceWorker, Lane, detect_params
 from edged.service.log import CONTEXT
 from edged.service.sdnotify import Notifier
@@ -147,6 +151,8 @@ class Service:
         self.engine: Engine | None = None
         self.publisher: Publisher | None = None
         self.worker: InferenceWorker | None = None
+        self.store: EventStore | None = None  # the event history (None: not configured)
+        self.snapshots: SnapshotWriter | None = None
         # Around a state change, its snapshot and queueing it (main, reload and capture
         # threads); the publisher numbers status messages as it sends them.
         self._status_lock = threading.RLock()
@@ -233,6 +239,8 @@ class Service:
             runtime=eng.runtime if eng else "none", inference_load=round(counts.load, 3),
             fps_out=round(counts.fps_out, 2), frames_out=counts.frames_out,
             cameras={c.name: self.camera_state(c) for c in list(self.cameras.values())},
+            history=self.store.state if self.store else None,
+            snapshots=self.snapshots.state if self.snapshots else None,
             publish_dropped=self.publisher.dropped if self.publisher else 0,
             endpoints=self.publisher.bound if self.publisher else (),
             reload=self._reload_info)
@@ -258,6 +266,34 @@ class Service:
             reload=self._reload_info)
 
     # --- lifecycle --------------------------------------------------------------------------
+    def _start_events(self) -> None:
+        """The event history and snapshot writer (where configured, or under systemd's
+        StateDirectory=), and each camera's event layer."""
+        ev = self.cfg.events
+        if not ev.enabled:
+            return
+        state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+        history = ev.history or (Path(state) / DEFAULT_DB.name if state else None)
+        snaps = ev.snapshots or (Path(state) / "snapshots" if state else None)
+        if history is not None:
+            self.store = EventStore(history, ev.retention_days)
+            self.store.start()
+        if snaps is not None:
+            self.snapshots = SnapshotWriter(snaps, ev.snapshot_quality,
+                                            ev.retention_days * 86400,
+                                            int(ev.snapshot_max_mb * (1 << 20)))
+            self.snapshots.start()
+        logger.info("events: history %s, snapshots %s", history or "off (events.history)",
+                    snaps or "off (events.snapshots)")
+        for cam in self.cameras.values():
+            cam.events = self._camera_events(cam.cfg)
+
+    def _camera_events(self, cfg: CameraConfig) -> CameraEvents | None:
+        if not self.cfg.events.enabled or self.publisher is None:
+            return None
+        return CameraEvents(cfg.name, self.cfg.events, cfg, self.publisher.submit, self.store,
+                            self.snapshots)
+
     def _lanes(self) -> list[Lane]:
         assert self.engine is not None
         labels = self.engine.detector.spec.labels
@@ -282,6 +318,7 @@ class Service:
         pub.bind()
         self.publisher = pub
         pub.start()
+        self._start_events()
         self._set_state("warming_up")
         self._model_stamp = model_stamp(self.cfg)
         with self.notifier.extending_start_timeout():
@@ -430,6 +467,17 @@ class Service:
             if not cam.join(max(joined - time.monotonic(), 0.0)):
                 logger.info("%s: capture thread still in a blocking read; not waiting for it",
                             cam.name)
+        # Open events end now (the worker has stopped: nothing updates them meanwhile); their
+        # end messages go out before the publisher's last status, and into the history.
+        now = time.time_ns()
+        for cam in self.cameras.values():
+            if cam.events is not None:
+                cam.events.close_all(now, "shutdown")
+        for part in (self.snapshots, self.store):
+            if part is not None:
+                part.stop()
+                if not part.join(max(deadline - time.monotonic(), 0.2)):
+                    logger.warning("%s did not stop in time", type(part).__name__)
         if self.publisher is not None:
             self.publisher.stop()
             if not self.publisher.join(max(deadline - time.monotonic(), 0.2)):
@@ -623,6 +671,7 @@ class Service:
         running = self.cameras
         cameras: dict[str, Camera] = {}
         restart: list[Camera] = []
+        retired: list[tuple[CameraEvents, str]] = []  # closed once the worker has the new
         for cfg in new.cameras:
             cam = running.get(cfg.name)
             if cam is None:
@@ -633,9 +682,18 @@ class Service:
                 restart.append(cam)
                 logger.info("reload: camera %s: capture restarted on %s", cfg.name,
                             shown(cfg.source))
+            if cam.events is None or cam.events.settings != settings_of(new.events, cfg) \
+                    or not new.events.enabled:
+                if cam.events is not None:  # new zones, masks or rules: a new tracker
+                    retired.append((cam.events, "reload"))
+                cam.events = None
+                if new.events.enabled and self.publisher is not None:
+                    cam.events = CameraEvents(cfg.name, new.events, cfg, self.publisher.submit,
+                                              self.store, self.snapshots)
             cam.cfg = cfg
             cameras[cfg.name] = cam
         removed = [c for name, c in running.items() if name not in cameras]
+        retired += [(c.events, "removed") for c in removed if c.events is not None]
         for cam in removed + restart:
             cam.stop()
         joined = time.monotonic() + CAPTURE_JOIN_S
@@ -650,6 +708,9 @@ class Service:
                                            detection=new.detection)
             # at the next frame boundary; a replaced engine is closed by the worker after it
             self.worker.update(self._lanes(), new.publish.empty_frames, engine)
+            now = time.time_ns()
+            for events, reason in retired:  # a frame of the old lanes in flight finds it closed
+                events.close_all(now, reason)
             for cam in removed:
                 logger.info("reload: camera %s removed", cam.name)
                 final = self._camera_status(cam)

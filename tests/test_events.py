@@ -1,0 +1,156 @@
+"""Events end to end (issue 13): a real `edged run` on the bundled clip (an eagle crossing the
+frame, detected as a bird on every frame), zones over its halves, the event history and the
+snapshots in tmp_path; real ZeroMQ, real SQLite, real SIGTERM and SIGKILL."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+
+from edged.api.history import TABLE, open_history
+from edged.api.messages import EventMessage, decode
+from edged.media import SAMPLE_CLIP
+from tests.conftest import run_edged
+from tests.daemon_util import Daemon, Listener, write_config
+from tests.test_messages import VALIDATOR
+from tests.timing import Speed
+
+LEFT = [[0, 0], [0.5, 0], [0.5, 1], [0, 1]]
+RIGHT = [[0.5, 0], [1, 0], [1, 1], [0.5, 1]]
+EVERYWHERE = [[0, 0], [1, 0], [1, 1], [0, 1]]
+
+
+def _config(tmp: Path, camera: dict[str, Any] | None = None, **events: Any) -> Path:
+    return write_config(
+        tmp / "edged.yaml",
+        camera={"name": "roof", "source": str(SAMPLE_CLIP), "realtime": True, **(camera or {})},
+        events={"history": str(tmp / "events.db"), "snapshots": str(tmp / "snaps"), **events},
+        publish={"endpoints": [f"ipc://{tmp}/edged.sock"], "status_interval_s": 0.2})
+
+
+def _events(sub: Listener) -> list[dict[str, Any]]:
+    return [m for t, m, _ in sub.messages if t.startswith("event/")]
+
+
+def _is_event(phase: str) -> Any:
+    return lambda m: m[0] == "event/roof/" and m[1]["phase"] == phase
+
+
+def _wait_row(db: Path, event_id: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(sqlite3.OperationalError), \
+                contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            if conn.execute(f"SELECT 1 FROM {TABLE} WHERE id = ?", (event_id,)).fetchone():
+                return  # (OperationalError: the file or table is not there yet)
+        assert time.monotonic() < deadline, f"event {event_id} not in {db}"
+        time.sleep(0.05)  # polling a file another process writes: nothing to block on
+
+
+def _history(db: Path) -> list[dict[str, Any]]:
+    proc = run_edged("events", "--db", str(db), "--json")
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def test_a_bird_becomes_one_event_with_zones_a_snapshot_and_a_history_row(
+        tmp_path: Path, speed: Speed) -> None:
+    cfg = _config(tmp_path, {"zones": {"left": LEFT, "right": RIGHT}})
+    with Daemon(tmp_path, cfg) as d, Listener(f"ipc://{tmp_path}/edged.sock",
+                                             ("event/", "process/")) as sub:
+        _, start, _ = sub.wait_until(_is_event("start"), speed.start_deadline(base_s=2.0),
+                                     "the bird's event")
+        assert start["label"] == "bird", start  # (zones come with inertia: in an update)
+        assert start["snapshot"] == f"roof/{start['id']}.jpg"
+        snap = tmp_path / "snaps" / start["snapshot"]
+        sub.wait_until(lambda m: m[0] == "process/" and snap.is_file(), speed.deadline(),
+                       "the snapshot file")
+        img = cv2.imread(str(snap))
+        assert img is not None and img.shape == (720, 1280, 3)
+        code, _ = d.stop()
+        sub.drain()
+    assert code == 0, d.stderr[-3000:]
+    events = _events(sub)
+    for m in events:
+        VALIDATOR.validate(m)
+        assert isinstance(decode(json.dumps(m).encode()), EventMessage)
+    ids = {m["id"] for m in events}
+    assert ids == {start["id"]}, events  # one bird on every frame: one event, no fragments
+    end = events[-1]
+    assert end["phase"] == "end" and end["end_reason"] == "shutdown" and end["end_ts_ns"]
+    assert [m["phase"] for m in events].count("start") == 1
+    assert set(end["zones_entered"]) <= {"left", "right"} and end["zones_entered"]
+    (row,) = _history(tmp_path / "events.db")
+    assert row["id"] == start["id"] and row["end_reason"] == "shutdown"
+    assert row["zones_entered"] == end["zones_entered"]
+
+
+def test_a_mask_over_the_bird_suppresses_its_events_not_its_detections(
+        tmp_path: Path, speed: Speed) -> None:
+    cfg = _config(tmp_path, {"masks": [EVERYWHERE]})
+    n = 25  # a second of the clip: ~8 times what confirming an event takes
+    with Daemon(tmp_path, cfg) as d, Listener(f"ipc://{tmp_path}/edged.sock",
+                                             ("det/", "event/")) as sub:
+        sub.wait_count(lambda m: m[0] == "det/roof/" and any(
+            x["label"] == "bird" for x in m[1]["detections"]), n,
+            speed.start_deadline(base_s=2.0) + speed.deadline(n_frames=n), "birds detected")
+        code, _ = d.stop()
+        sub.drain()
+    assert code == 0, d.stderr[-3000:]
+    assert _events(sub) == []
+
+
+def test_a_crash_leaves_no_event_open_lost_or_twice(tmp_path: Path, speed: Speed) -> None:
+    cfg = _config(tmp_path)
+    db = tmp_path / "events.db"
+    with Daemon(tmp_path, cfg) as d, Listener(f"ipc://{tmp_path}/edged.sock",
+                                             ("event/",)) as sub:
+        _, start, _ = sub.wait_until(_is_event("start"), speed.start_deadline(base_s=2.0),
+                                     "an event")
+        _wait_row(db, start["id"], speed.deadline())  # written by the store: then kill
+        d.signal(signal.SIGKILL)
+        d.proc.wait(speed.deadline())
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        conn.close()
+    with Daemon(tmp_path, cfg) as d2, Listener(f"ipc://{tmp_path}/edged.sock",
+                                              ("event/",)) as sub2:
+        sub2.wait_until(_is_event("start"), speed.start_deadline(base_s=2.0),
+                        "the event after the restart")
+        code, _ = d2.stop()
+    assert code == 0, d2.stderr[-3000:]
+    rows = _history(db)
+    by_id = {r["id"]: r for r in rows}
+    assert len(by_id) == len(rows) == 2, rows  # nothing twice
+    assert by_id[start["id"]]["end_reason"] == "crash", rows  # the orphan, closed at restart
+    assert [r["end_reason"] for r in rows if r["id"] != start["id"]] == ["shutdown"]
+    conn = open_history(db)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        conn.close()
+
+
+def test_snapshots_that_cannot_be_written_leave_the_events_and_the_status_says_why(
+        tmp_path: Path, speed: Speed) -> None:
+    blocker = tmp_path / "snaps"
+    blocker.write_text("a file where the snapshot directory should be: a full disk stand-in")
+    cfg = _config(tmp_path)
+    with Daemon(tmp_path, cfg) as d, Listener(f"ipc://{tmp_path}/edged.sock",
+                                             ("event/", "process/")) as sub:
+        sub.wait_until(_is_event("start"), speed.start_deadline(base_s=2.0), "an event")
+        _, st, _ = sub.wait_until(
+            lambda m: m[0] == "process/" and (m[1]["snapshots"] or "ok") != "ok",
+            speed.deadline(base_s=2.0), "the status saying why snapshots fail")
+        code, _ = d.stop()
+    assert code == 0, d.stderr[-3000:]
+    assert st["snapshots"].startswith("snapshots not written: ") and st["history"] == "ok"
