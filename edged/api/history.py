@@ -244,20 +244,11 @@ def events(conn: sqlite3.Connection, since_ns: int | None = None, until_ns: int 
     ``since_ns`` and was still there after it counts), oldest start first. ``zone``: it entered
     that zone at some point. Each is a dict of the columns (tuples as lists); open events have
     ``end_ts_ns`` null."""
-    where: list[str] = []
-    params: list[int | str] = []
-    if since_ns is not None:
-        where.append("COALESCE(end_ts_ns, ts_ns) >= ?")
-        params.append(since_ns)
-    if until_ns is not None:
-        where.append("start_ts_ns <= ?")
-        params.append(until_ns)
-    if camera is not None:
-        where.append("camera = ?")
-        params.append(camera)
-    if label is not None:
-        where.append("label = ?")
-        params.append(label)
+    given = [(cond, value) for cond, value in (
+        ("COALESCE(end_ts_ns, ts_ns) >= ?", since_ns), ("start_ts_ns <= ?", until_ns),
+        ("camera = ?", camera), ("label = ?", label)) if value is not None]
+    where = [cond for cond, _ in given]
+    params: list[int | str] = [value for _, value in given]
     sql = f"SELECT {', '.join(map(_q, COLUMN_NAMES))} FROM {TABLE}"
     if where:
         sql += " WHERE " + " AND ".join(where)

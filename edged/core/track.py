@@ -148,6 +148,18 @@ class Zone:
 
 # --- tracker ---------------------------------------------------------------------------------
 
+def _frame_input(boxes: np.ndarray, scores: np.ndarray, labels: Sequence[Label] | np.ndarray,
+                 what: str) -> tuple[np.ndarray, np.ndarray]:
+    """One frame's (N, 4) float64 boxes and (N,) float32 scores, checked against the labels."""
+    boxes = np.asarray(boxes, np.float64)
+    scores = np.asarray(scores, np.float32)
+    n = scores.shape[0]
+    if boxes.shape != (n, 4) or len(labels) != n:
+        raise ValueError(f"{what}: boxes {boxes.shape}, scores {scores.shape} and "
+                         f"{len(labels)} labels do not describe the same N boxes")
+    return boxes, scores
+
+
 def greedy_match(iou: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """(rows, cols) of a greedy assignment on a (T, N) IoU matrix: the highest remaining pair
     first, each row and column used once, pairs below ``threshold`` never.
@@ -354,12 +366,7 @@ class Tracker:
     def update(self, ts: float, boxes: np.ndarray, scores: np.ndarray,
                labels: Sequence[Label] | np.ndarray) -> np.ndarray:
         """Track one frame; returns the track id of each detection, (N,) int64."""
-        boxes = np.asarray(boxes, np.float64)
-        scores = np.asarray(scores, np.float32)
-        n = scores.shape[0]
-        if boxes.shape != (n, 4) or len(labels) != n:
-            raise ValueError(f"track: boxes {boxes.shape}, scores {scores.shape} and "
-                             f"{len(labels)} labels do not describe the same N boxes")
+        boxes, scores = _frame_input(boxes, scores, labels, "track")
         return self.update_codes(ts, boxes, scores, self.codes(labels))
 
     def update_codes(self, ts: float, boxes: np.ndarray, scores: np.ndarray,
@@ -597,12 +604,8 @@ class EventTracker:
                labels: Sequence[Label] | np.ndarray) -> list[Change]:
         """One frame of detections (normalized xyxy boxes) at time ``ts`` (seconds): the event
         changes it causes, ends first."""
-        boxes = np.asarray(boxes, np.float64)
-        scores = np.asarray(scores, np.float32)
+        boxes, scores = _frame_input(boxes, scores, labels, "events")
         n = scores.shape[0]
-        if boxes.shape != (n, 4) or len(labels) != n:
-            raise ValueError(f"events: boxes {boxes.shape}, scores {scores.shape} and "
-                             f"{len(labels)} labels do not describe the same N boxes")
         codes = self._codes(labels)
         if self._masks.count and n:
             keep = ~self._masks.any(anchor_points(boxes, self.anchor))
@@ -719,12 +722,7 @@ class EventTracker:
             if seen.size < rules.min_hits or float(np.median(seen)) < rules.min_score:
                 continue
             c["confirmed"][row] = True
-            c["snap"][row] = c["score"][row]
-            c["best"][row] = c["box"][row]
-            c["last_msg"][row] = ts
-            c["pub_inside"][row] = c["inside"][row]
-            c["pub_entered_n"][row] = c["entered_n"][row]
-            c["pub_stationary"][row] = c["stationary"][row]
+            self._published(ts, row, snapshot=True)
             tid = int(c["id"][row])
             start_ns = round(float(c["first_ts"][row]) * 1e9)
             self._book.event_ids[tid] = f"{start_ns}-{self.instance}-{tid}"
@@ -733,19 +731,24 @@ class EventTracker:
         return out
 
     def _updates(self, ts: float, rows: np.ndarray, better: np.ndarray) -> list[Change]:
-        c = self.tracker.cols
         out = []
         for row in rows.tolist():
             b = bool(better[row])
-            if b:
-                c["snap"][row] = c["score"][row]
-                c["best"][row] = c["box"][row]
-            c["last_msg"][row] = ts
-            c["pub_inside"][row] = c["inside"][row]
-            c["pub_entered_n"][row] = c["entered_n"][row]
-            c["pub_stationary"][row] = c["stationary"][row]
+            self._published(ts, row, snapshot=b)
             out.append(self._change("update", row, better=b))
         return out
+
+    def _published(self, ts: float, row: int, snapshot: bool) -> None:
+        """Row ``row``'s state as of the message sent now (``snapshot``: this frame's sighting
+        is its snapshot)."""
+        c = self.tracker.cols
+        if snapshot:
+            c["snap"][row] = c["score"][row]
+            c["best"][row] = c["box"][row]
+        c["last_msg"][row] = ts
+        c["pub_inside"][row] = c["inside"][row]
+        c["pub_entered_n"][row] = c["entered_n"][row]
+        c["pub_stationary"][row] = c["stationary"][row]
 
     def _end(self, gone: np.ndarray, reason: str) -> list[Change]:
         """End the events of the ``gone`` tracks (confirmed ones: unconfirmed go silently) and
