@@ -86,7 +86,7 @@ def check_endpoint(ep: str) -> str | None:
 # --- checks of single values (the generic ones are in edged.spec) -------------------------
 
 def _name(v: Any) -> str:
-    if not _NAME_RE.fullmatch(TEXT(v)):
+    if not _NAME_RE.fullmatch(TEXT(v)) or set(v) == {"."}:  # "." and "..": paths, not names
         raise Invalid(f"use 1-64 letters, digits, '_', '-' or '.', got {show(v)}")
     return str(v)
 

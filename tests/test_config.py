@@ -204,6 +204,7 @@ def test_camera_shorthand_and_list_are_the_same_camera() -> None:
     ({"cameras": [{"name": "a"}, {"name": "a"}]},
      "cameras[1].name: 'a' is also the name of cameras[0]; camera names must be unique"),
     ({"cameras": []}, "cameras: expected at least one camera"),
+    ({"cameras": [{"name": ".."}]}, "cameras[0].name: use 1-64 letters, digits"),  # a path
     ({"cameras": [{"name": f"c{i}"} for i in range(17)]}, "cameras: at most 16 cameras, got 17"),
     ({"cameras": [{"name": "a", "detection": {"classes": ["brd"]}}]},
      "cameras[0].detection.classes[0]: 'brd' is not a label of the model (did you mean 'bird'?)"),

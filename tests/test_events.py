@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import numpy as np
 
 from edged.api.history import TABLE, open_history
 from edged.api.messages import EventMessage, decode
@@ -154,3 +155,35 @@ def test_snapshots_that_cannot_be_written_leave_the_events_and_the_status_says_w
         code, _ = d.stop()
     assert code == 0, d.stderr[-3000:]
     assert st["snapshots"].startswith("snapshots not written: ") and st["history"] == "ok"
+
+
+def test_a_clock_step_neither_ends_an_event_nor_keeps_one_open() -> None:
+    """Boards without an RTC set their clock by NTP minutes after boot: tracked on the wall
+    clock, a step forward ended every event (and restarted it), a step back kept one open.
+    Tracked on the monotonic clock, messages still carry wall times."""
+    from edged.config import CameraConfig, EventsConfig
+    from edged.core.types import Detections
+    from edged.pipeline.events import CameraEvents
+    from edged.pipeline.slot import Frame
+
+    sent: list[EventMessage] = []
+    ev = CameraEvents("roof", EventsConfig(), CameraConfig(name="roof"), sent.append, None,
+                      None)
+    bird = Detections(np.array([[100, 100, 200, 200]], np.float32), np.array([0.9], np.float32),
+                      np.array([14], np.int32))
+    none = Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
+                      np.zeros(0, np.int32))
+    labels = ["x"] * 14 + ["bird"]
+    wall, mono, step = 1_763_800_000 * 10**9, 5 * 10**9, 200_000_000  # 5 fps
+    image = np.zeros((720, 1280, 3), np.uint8)
+    for i in range(50):  # 10 s of the bird; the wall clock jumps an hour ahead halfway
+        jump = 3600 * 10**9 if i >= 25 else 0
+        ev.on_frame(Frame(image, i, wall + i * step + jump, mono + i * step), bird, labels,
+                    1280, 720)
+    assert [m.phase for m in sent] == ["start"]  # no end, no second start at the jump
+    for i in range(50, 100):  # it leaves; the wall clock jumps back two hours
+        ev.on_frame(Frame(image, i, wall + i * step - 3600 * 10**9, mono + i * step), none,
+                    labels, 1280, 720)
+    assert [m.phase for m in sent] == ["start", "end"]  # ended on the monotonic clock
+    end = sent[-1]
+    assert end.end_reason == "left" and 9 < end.duration_s < 11

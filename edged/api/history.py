@@ -101,7 +101,9 @@ _UPSERT = (
     f"ON CONFLICT ({', '.join(map(_q, KEY))}) DO UPDATE SET "
     + ", ".join(f"{_q(n)} = excluded.{_q(n)}" for n in COLUMN_NAMES if n not in KEY)
     # a message replayed late never takes a row back in time
-    + f" WHERE excluded.ts_ns >= {TABLE}.ts_ns")
+    # a late message never overwrites a newer state, but an end always lands: an update sent
+    # after the last sighting (held back by update_interval_s) has a later ts_ns than the end
+    + f" WHERE excluded.ts_ns >= {TABLE}.ts_ns OR excluded.end_ts_ns IS NOT NULL")
 
 
 def _where(path: Path, e: BaseException) -> HistoryError:

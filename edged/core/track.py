@@ -566,6 +566,9 @@ class EventTracker:
         self.counts_changed = False
         """True after an ``update`` that may have changed ``counts()`` (an event started or
         ended, an open event's zones changed): publish occupancy then."""
+        self.wall_offset_s = 0.0
+        """Wall clock minus the clock of ``ts`` (a caller tracking on a monotonic clock, which
+        no NTP step moves, sets it): event ids carry wall-clock start times."""
         self._masks = PolygonSet(masks)
         self._zoneset = PolygonSet([z.polygon for z in zones])
         self._names = tuple(names)
@@ -724,7 +727,7 @@ class EventTracker:
             c["confirmed"][row] = True
             self._published(ts, row, snapshot=True)
             tid = int(c["id"][row])
-            start_ns = round(float(c["first_ts"][row]) * 1e9)
+            start_ns = round((float(c["first_ts"][row]) + self.wall_offset_s) * 1e9)
             self._book.event_ids[tid] = f"{start_ns}-{self.instance}-{tid}"
             out.append(self._change("start", row, better=True))
             self.counts_changed = True

@@ -12,6 +12,7 @@ the status carries it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -103,14 +104,16 @@ class SnapshotWriter(StageThread):
                     cv2.FONT_HERSHEY_SIMPLEX, max(0.5, w / 1600), (0, 200, 255), 2)
         ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self._quality])
         path = self.directory / file_name(req.camera, req.event_id)
+        tmp = path.with_suffix(".tmp")
         try:
             if not ok:
                 raise OSError("JPEG encoding failed")
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
             tmp.write_bytes(jpeg.tobytes())
             os.replace(tmp, path)  # a reader never sees half a JPEG
         except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)  # half written on a full disk: never left behind
             self.failed += 1
             why = f"snapshots not written: {path.parent}: {e.strerror or e}"
             if why != self.state:

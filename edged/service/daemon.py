@@ -63,6 +63,17 @@ def _builds_engine(cfg: Config) -> EngineConfig:
     return EngineConfig.of(dataclasses.replace(cfg.inference, watchdog_timeout_s=0.0))
 
 
+# Settings of the event history and snapshot writers, started once (a reload keeps them).
+EVENTS_AT_START = ("enabled", "history", "retention_days", "snapshots", "snapshot_quality",
+                   "snapshot_max_mb")
+
+
+def _events_restart(old: Config, new: Config) -> str:
+    """The events settings a reload cannot apply, as "events.x, events.y" ('' if none)."""
+    return ", ".join(f"events.{k}" for k in EVENTS_AT_START
+                     if getattr(old.events, k) != getattr(new.events, k))
+
+
 def model_stamp(cfg: Config) -> tuple[tuple[str, int, int, int], ...]:
     """Identity of the model files on disk (sidecar and variants): a model replaced in place
     (`cp new.tflite model.tflite`, then `systemctl reload`) is loaded again."""
@@ -473,11 +484,12 @@ class Service:
         for cam in self.cameras.values():
             if cam.events is not None:
                 cam.events.close_all(now, "shutdown")
-        for part in (self.snapshots, self.store):
+        for part in (self.snapshots, self.store):  # both drain at once; the history first
             if part is not None:
                 part.stop()
-                if not part.join(max(deadline - time.monotonic(), 0.2)):
-                    logger.warning("%s did not stop in time", type(part).__name__)
+        for part in (self.store, self.snapshots):
+            if part is not None and not part.join(max(deadline - time.monotonic(), 0.2)):
+                logger.warning("%s did not stop in time", type(part).__name__)
         if self.publisher is not None:
             self.publisher.stop()
             if not self.publisher.join(max(deadline - time.monotonic(), 0.2)):
@@ -653,6 +665,13 @@ class Service:
                              "(retried on the next reload): %s", e)
                 kept = f"publish kept: {e}"
                 new = dataclasses.replace(new, publish=old.publish)
+        restart = _events_restart(old, new)
+        if restart:
+            logger.error("reload: %s take a restart (systemctl restart edged); the running "
+                         "ones stay", restart)
+            kept = "; ".join(k for k in (kept, f"{restart} take a restart") if k)
+            new = dataclasses.replace(new, events=dataclasses.replace(
+                new.events, **{k: getattr(old.events, k) for k in EVENTS_AT_START}))
         self._apply_cameras(new, engine)
         if new.log_level != old.log_level:
             logging.getLogger().setLevel(new.log_level.upper())
@@ -684,12 +703,13 @@ class Service:
                             shown(cfg.source))
             if cam.events is None or cam.events.settings != settings_of(new.events, cfg) \
                     or not new.events.enabled:
+                seq = cam.events.seq if cam.events is not None else 0
                 if cam.events is not None:  # new zones, masks or rules: a new tracker
                     retired.append((cam.events, "reload"))
                 cam.events = None
                 if new.events.enabled and self.publisher is not None:
                     cam.events = CameraEvents(cfg.name, new.events, cfg, self.publisher.submit,
-                                              self.store, self.snapshots)
+                                              self.store, self.snapshots, seq)
             cam.cfg = cfg
             cameras[cfg.name] = cam
         removed = [c for name, c in running.items() if name not in cameras]
