@@ -1,7 +1,7 @@
 #!/bin/sh
 # Run edged's checks and tests: ruff, mypy, then pytest (arguments go to pytest).
 # First run: installs the Debian packages the tests use (as root or with sudo) and .venv with
-# edged's export, test and systemd extras. Later runs only run the tests.
+# edged's export, test, systemd and plot extras. Later runs only run the tests.
 set -eu
 cd "$(dirname "$0")/.."
 . deploy/setup-lib.sh
@@ -18,7 +18,7 @@ TEST_APT_PACKAGES="python3-venv gcc pkg-config libsystemd-dev python3-dev ffmpeg
 command -v python3 >/dev/null 2>&1 || apt_need python3
 # shellcheck disable=SC2086
 apt_need $TEST_APT_PACKAGES
-venv_sync .venv '.[export,test,systemd]'
+venv_sync .venv '.[export,test,systemd,plot]'
 
 .venv/bin/ruff check edged tests benchmarks
 .venv/bin/mypy

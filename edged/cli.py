@@ -389,13 +389,37 @@ def _add_sub(sub: argparse._SubParsersAction[_Parser]) -> None:
                    help="give up after this many seconds without a message (at most "
                         f"{SUB_TIMEOUT_S[1]:g}; default 0: wait forever)")
     p.add_argument("--json", action="store_true", help="print each payload as raw JSON")
+    p.add_argument("--save", type=Path, metavar="DIR",
+                   help="write the JPEG of each snap/ message to DIR/<camera>/<event>.jpg")
     p.add_argument("--server-key", type=Path, help="CURVE: the server's public certificate")
     p.add_argument("--client-cert", type=Path, help="CURVE: this client's secret certificate")
     p.set_defaults(func=_cmd_sub)
 
 
+def _save_snap(directory: Path, msg: Any) -> None:
+    """A snap's JPEG as DIR/<camera>/<event>.jpg (names as the daemon checked them: no path
+    separators; anything else from a peer is refused)."""
+    parts = (msg.camera, msg.event)
+    if any(not p or p in (".", "..") or "/" in p or "\0" in p for p in parts):
+        logger.warning("not saving a snap named %r/%r", *parts)
+        return
+    path = directory / msg.camera / f"{msg.event}.jpg"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(msg.jpeg)
+    except OSError as e:
+        raise EdgedError(f"--save: cannot write {path}: {e.strerror or e}") from e
+
+
 def _cmd_sub(args: argparse.Namespace) -> int:
-    from edged.api.client import DetMessage, EventMessage, ProcessStatus, Subscriber
+    from edged.api.client import (
+        CountMessage,
+        DetMessage,
+        EventMessage,
+        ProcessStatus,
+        SnapMessage,
+        Subscriber,
+    )
     from edged.config import check_endpoint
 
     for ep in args.endpoints:
@@ -416,6 +440,8 @@ def _cmd_sub(args: argparse.Namespace) -> int:
                 raise EdgedError(f"no message within {args.timeout:g} s from "
                                  f"{', '.join(args.endpoints)}")
             n += 1
+            if isinstance(msg, SnapMessage) and args.save is not None:
+                _save_snap(args.save, msg)
             if args.json:
                 print(json.dumps(msg.raw), flush=True)
             elif isinstance(msg, DetMessage):
@@ -431,6 +457,17 @@ def _cmd_sub(args: argparse.Namespace) -> int:
                 print(f"{_printable(msg.topic)} {_printable(msg.phase)}{why} "
                       f"{_printable(msg.label)} {_printable(msg.id)}{zones}: "
                       f"{msg.duration_s:.0f} s{still}, best {msg.top_score:.2f}", flush=True)
+            elif isinstance(msg, CountMessage):
+                here = ", ".join(f"{n} {_printable(lb)}" for lb, n in
+                                 msg.occupancy.objects.items() if n) or "nothing"
+                zones = "".join(f"; {_printable(z)}: " + (", ".join(
+                    f"{n} {_printable(lb)}" for lb, n in c.items() if n) or "0")
+                    for z, c in msg.occupancy.zones.items())
+                print(f"{_printable(msg.topic)} {here}{zones}", flush=True)
+            elif isinstance(msg, SnapMessage):
+                print(f"{_printable(msg.topic)} {_printable(msg.label)} {msg.score:.2f} "
+                      f"{_printable(msg.event)}: {msg.width}x{msg.height} JPEG, "
+                      f"{len(msg.jpeg)} bytes", flush=True)
             elif isinstance(msg, ProcessStatus):
                 fb = (f" (fallback: {_printable(msg.fallback_reason)})"
                       if msg.fallback_reason else "")
@@ -497,7 +534,11 @@ def _cmd_events(args: argparse.Namespace) -> int:
     if args.summary or args.plot:
         rows = history.summarize(found, args.summary or "hour", since, until)
         if args.plot:
-            ev.plot_visits(rows, args.plot, f"visits per {args.summary or 'hour'}")
+            what = " ".join([f"per {args.summary or 'hour'}",
+                             *(f"{k} {v}" for k, v in (("camera", args.camera),
+                                                       ("label", args.label),
+                                                       ("zone", args.zone)) if v)])
+            ev.plot_visits(rows, args.plot, _printable(what))
             print(f"{_printable(str(args.plot))}: {sum(r.visits for r in rows)} visits in "
                   f"{len({r.bucket for r in rows})} {args.summary or 'hour'}s")
             if not args.summary:

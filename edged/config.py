@@ -208,6 +208,9 @@ def _masks(v: Any) -> tuple[tuple[tuple[float, float], ...], ...]:
 
 
 ANCHORS = ("bottom_center", "center")
+# The keys of `events` a label may override (`events.labels`): the lifecycle rules.
+LABEL_RULES = ("min_hits", "window", "min_score", "end_after_s", "stationary_after_s",
+               "update_interval_s")
 
 
 # --- the declarations ---------------------------------------------------------------------
@@ -322,7 +325,14 @@ class EventsConfig:
     snapshots: Path | None = setting(
         None, "Directory of each event's best frame as JPEG (null: `$STATE_DIRECTORY/snapshots` "
         "under systemd's `StateDirectory=`, else none)", TEXT)
+    labels: Mapping[str, Mapping[str, Any]] = setting(
+        doc="Per-label rules: any of " + ", ".join(f"`{k}`" for k in LABEL_RULES) + " for "
+        "one label, overriding the ones above, e.g. `{bird: {end_after_s: 20}}`",
+        check=lambda v: _label_rules(v), factory=dict)
     snapshot_quality: int = setting(85, "JPEG quality of snapshots", Int(1, 100))
+    snapshot_crop: bool = setting(False, "Snapshots show the object's box with a margin "
+                                  "around it instead of the whole frame (the box is drawn "
+                                  "either way)")
     snapshot_max_mb: float = setting(500.0, "Snapshots take at most this much disk; the oldest "
                                      "go first", Num(1.0, 1e7))
 
@@ -394,6 +404,19 @@ def _detection_overrides(v: Any) -> dict[str, Any]:
             else below(f".{k}", keys[k].metadata["check"], x) for k, x in v.items()}
 
 
+def _label_rules(v: Any) -> dict[str, dict[str, Any]]:
+    checks = {f.name: f.metadata["check"] for f in dataclasses.fields(EventsConfig)
+              if f.name in LABEL_RULES}
+
+    def one(rules: Any) -> dict[str, Any]:
+        rules = mapping(rules)
+        no_unknown(rules, set(checks), listed=True)
+        return {k: below(f".{k}", checks[k], x) for k, x in rules.items()}
+
+    out: dict[str, dict[str, Any]] = map_of(one)(mapping(v))
+    return out
+
+
 def default_config() -> Config:
     return Config()
 
@@ -454,6 +477,12 @@ def _cross(cfg: Config, r: Reader, listed: bool = False) -> Config:
                     raise r.fail(f"{at}.zones.{name}.labels[{j}]", _unknown(label, labels))
     if cfg.events.window < cfg.events.min_hits:
         raise r.fail("events.window", "must be >= min_hits")
+    for label, own in cfg.events.labels.items():
+        if label not in labels:
+            raise r.fail(f"events.labels.{show(label)}", _unknown(label, labels))
+        if own.get("window", cfg.events.window) < own.get("min_hits", cfg.events.min_hits):
+            raise r.fail(f"events.labels.{label}.window", "must be >= min_hits (the label's "
+                         "own or the one of events)")
     if curve is not None:
         if not curve.server_secret_key.is_file():
             raise r.fail("publish.curve.server_secret_key",

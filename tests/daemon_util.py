@@ -107,6 +107,17 @@ class Listener:
             self.sock.setsockopt(zmq.SUBSCRIBE, t.encode())
         self.sock.connect(endpoint)
         self.messages: list[tuple[str, dict[str, Any], int]] = []
+        self.jpegs: dict[str, bytes] = {}  # a snap/ message's event id -> its JPEG frame (last)
+
+    def _recv(self) -> tuple[str, dict[str, Any], int]:
+        frames = self.sock.recv_multipart()
+        topic, payload = frames[0].decode(), json.loads(frames[1])
+        assert len(frames) == (3 if topic.startswith("snap/") else 2), (topic, len(frames))
+        if len(frames) == 3:
+            self.jpegs[payload["event"]] = frames[2]
+        item = (topic, payload, time.time_ns())
+        self.messages.append(item)
+        return item
 
     def poll_for(self, seconds: float) -> None:
         """Collect whatever arrives during ``seconds``. Only for checking that something does
@@ -114,17 +125,14 @@ class Listener:
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
             if self.sock.poll(int(left * 1000) + 1):
-                topic, payload = self.sock.recv_multipart()
-                self.messages.append((topic.decode(), json.loads(payload), time.time_ns()))
+                self._recv()
 
     def wait_until(self, pred: Callable[[tuple[str, dict[str, Any], int]], bool],
                    timeout_s: float, what: str) -> tuple[str, dict[str, Any], int]:
         deadline = time.monotonic() + timeout_s
         while (left := deadline - time.monotonic()) > 0:
             if self.sock.poll(int(left * 1000) + 1):
-                topic, payload = self.sock.recv_multipart()
-                item = (topic.decode(), json.loads(payload), time.time_ns())
-                self.messages.append(item)
+                item = self._recv()
                 if pred(item):
                     return item
         raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; "
@@ -150,8 +158,7 @@ class Listener:
         """Receive until nothing has arrived for ``quiet_s`` (what was already sent)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and self.sock.poll(int(quiet_s * 1000)):
-            topic, payload = self.sock.recv_multipart()
-            self.messages.append((topic.decode(), json.loads(payload), time.time_ns()))
+            self._recv()
 
     def close(self) -> None:
         self.sock.close(linger=0)

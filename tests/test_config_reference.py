@@ -87,6 +87,15 @@ def test_engine_config_checks_what_the_config_file_checks(kwargs: dict[str, Any]
      "inference.delegate_options.a: expected a scalar, got [1]"),
     ("camera", {"nmae": "x"}, "camera.nmae: unknown key (did you mean 'name'?)"),
     ("camera", {"zzz": "x"}, "camera.zzz: unknown key (allowed: detection, fps_limit, height"),
+    ("events", {"labels": {"brd": {"end_after_s": 9}}},
+     "events.labels.'brd': 'brd' is not a label of the model (did you mean 'bird'?)"),
+    ("events", {"labels": {"bird": {"end_after": 9}}},
+     "events.labels.bird.end_after: unknown key (allowed: ['end_after_s', 'min_hits'"),
+    ("events", {"labels": {"bird": {"min_score": 2}}},
+     "events.labels.bird.min_score: expected a number in [0, 1], got 2"),
+    ("events", {"labels": {"bird": {"min_hits": 6}}},
+     "events.labels.bird.window: must be >= min_hits (the label's own or the one of events)"),
+    ("events", {"labels": {"bird": [3]}}, "events.labels.bird: expected a mapping, got list"),
 ])
 def test_every_bad_value_is_one_config_error(section: str, values: dict[str, Any],
                                              says: str) -> None:

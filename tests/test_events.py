@@ -64,8 +64,8 @@ def _history(db: Path) -> list[dict[str, Any]]:
 def test_a_bird_becomes_one_event_with_zones_a_snapshot_and_a_history_row(
         tmp_path: Path, speed: Speed) -> None:
     cfg = _config(tmp_path, {"zones": {"left": LEFT, "right": RIGHT}})
-    with Daemon(tmp_path, cfg) as d, Listener(f"ipc://{tmp_path}/edged.sock",
-                                             ("event/", "process/")) as sub:
+    with Daemon(tmp_path, cfg) as d, Listener(f"ipc://{tmp_path}/edged.sock", (
+            "event/", "process/", "count/", "snap/", "status/")) as sub:
         _, start, _ = sub.wait_until(_is_event("start"), speed.start_deadline(base_s=2.0),
                                      "the bird's event")
         assert start["label"] == "bird", start  # (zones come with inertia: in an update)
@@ -75,9 +75,36 @@ def test_a_bird_becomes_one_event_with_zones_a_snapshot_and_a_history_row(
                        "the snapshot file")
         img = cv2.imread(str(snap))
         assert img is not None and img.shape == (720, 1280, 3)
+        # the open event is counted, in the camera's status too
+        _, st, _ = sub.wait_until(lambda m: m[0] == "status/roof/" and m[1]["occupancy"][
+            "objects"].get("bird") == 1, speed.deadline(), "a status counting the bird")
+        assert set(st["occupancy"]["zones"]) == {"left", "right"}
         code, _ = d.stop()
         sub.drain()
     assert code == 0, d.stderr[-3000:]
+    # count/: on every change, contiguous seqs; the bird counted while there, 0 at the end
+    counts = [m for t, m, _ in sub.messages if t == "count/roof/"]
+    for m in counts:
+        VALIDATOR.validate(m)
+        assert set(m["occupancy"]["zones"]) == {"left", "right"}
+    assert [m["seq"] for m in counts] == list(range(counts[0]["seq"],
+                                                    counts[0]["seq"] + len(counts)))
+    assert any(m["occupancy"]["objects"]["bird"] == 1 for m in counts), counts
+    assert any(sum(z.get("bird", 0) for z in m["occupancy"]["zones"].values()) == 1
+               for m in counts), counts  # in a zone at some point (it crosses both)
+    assert counts[-1]["occupancy"] == {"objects": {"bird": 0},
+                                       "zones": {"left": {"bird": 0}, "right": {"bird": 0}}}
+    # snap/: header + JPEG of the event's best frame, the same bytes as the file it names
+    snaps = [m for t, m, _ in sub.messages if t == "snap/roof/"]
+    assert snaps and {m["event"] for m in snaps} == {start["id"]}, snaps
+    for m in snaps:
+        VALIDATOR.validate(m)
+        assert m["file"] == start["snapshot"] and not m["crop"] and m["label"] == "bird"
+    jpeg = sub.jpegs[start["id"]]
+    pic = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert pic is not None and pic.shape == (snaps[-1]["height"], snaps[-1]["width"], 3) \
+        == (720, 1280, 3)
+    assert snap.read_bytes() == jpeg  # the last one sent is the one on disk
     events = _events(sub)
     for m in events:
         VALIDATOR.validate(m)
@@ -166,8 +193,8 @@ def test_a_clock_step_neither_ends_an_event_nor_keeps_one_open() -> None:
     from edged.pipeline.events import CameraEvents
     from edged.pipeline.slot import Frame
 
-    sent: list[EventMessage] = []
-    ev = CameraEvents("roof", EventsConfig(), CameraConfig(name="roof"), sent.append, None,
+    out: list[Any] = []
+    ev = CameraEvents("roof", EventsConfig(), CameraConfig(name="roof"), out.append, None,
                       None)
     bird = Detections(np.array([[100, 100, 200, 200]], np.float32), np.array([0.9], np.float32),
                       np.array([14], np.int32))
@@ -180,10 +207,100 @@ def test_a_clock_step_neither_ends_an_event_nor_keeps_one_open() -> None:
         jump = 3600 * 10**9 if i >= 25 else 0
         ev.on_frame(Frame(image, i, wall + i * step + jump, mono + i * step), bird, labels,
                     1280, 720)
+    sent = [m for m in out if isinstance(m, EventMessage)]  # (not the count/ messages)
     assert [m.phase for m in sent] == ["start"]  # no end, no second start at the jump
     for i in range(50, 100):  # it leaves; the wall clock jumps back two hours
         ev.on_frame(Frame(image, i, wall + i * step - 3600 * 10**9, mono + i * step), none,
                     labels, 1280, 720)
+    sent = [m for m in out if isinstance(m, EventMessage)]
     assert [m.phase for m in sent] == ["start", "end"]  # ended on the monotonic clock
     end = sent[-1]
     assert end.end_reason == "left" and 9 < end.duration_s < 11
+
+
+def _layer(events: dict[str, Any], camera: dict[str, Any], out: list[Any],
+           numbering: Any = None) -> Any:
+    """A camera's event layer built from config as the daemon builds it (parsed and checked
+    against the shipped model's labels)."""
+    from edged.config import parse_config
+    from edged.pipeline.events import CameraEvents
+
+    cfg = parse_config({"events": events, "camera": {"name": "roof", **camera}})
+    cam = cfg.cameras[0]
+    return CameraEvents("roof", cfg.events, cam, out.append, None, None, numbering,
+                        classes=cfg.detection_for(cam).classes or ())
+
+
+def _frames(layer: Any, start: int, n: int, boxes: list[tuple[int, list[float]]]) -> None:
+    """``n`` frames at 5 fps with these (class id, normalized box) detections in each."""
+    from edged.core.types import Detections
+    from edged.models import DEFAULT_MODEL
+    from edged.pipeline.slot import Frame
+    from edged.sidecar import load
+
+    labels = load(DEFAULT_MODEL).labels
+    image = np.zeros((100, 100, 3), np.uint8)
+    dets = Detections(np.array([b for _, b in boxes], np.float32).reshape(-1, 4) * 100,
+                      np.full(len(boxes), 0.9, np.float32),
+                      np.array([c for c, _ in boxes], np.int32))
+    for i in range(start, start + n):
+        t = 10**9 + i * 200_000_000
+        layer.on_frame(Frame(image, i, 1_763_800_000 * 10**9 + t, t), dets, labels, 100, 100)
+
+
+BIRD, CAT = 14, 15  # COCO ids of the shipped model
+
+
+def test_counts_list_watched_labels_and_zones_change_on_events_and_end_at_zero() -> None:
+    from edged.api.messages import CountMessage, Occupancy
+
+    out: list[Any] = []
+    rail = {"polygon": [[0, 0.5], [1, 0.5], [1, 1], [0, 1]], "labels": ["bird"]}
+    layer = _layer({}, {"detection": {"classes": ["bird", "cat"]},
+                        "zones": {"rail": rail, "sky": [[0, 0], [1, 0], [1, 0.5], [0, 0.5]]}},
+                   out)
+    layer.start(0)
+    assert out[-1].occupancy == Occupancy(  # all zeros at start: every label and zone known
+        {"bird": 0, "cat": 0}, {"rail": {"bird": 0}, "sky": {"bird": 0, "cat": 0}})
+    _frames(layer, 0, 10, [(BIRD, [0.1, 0.6, 0.2, 0.8]), (CAT, [0.5, 0.1, 0.7, 0.3])])
+    counts = [m for m in out if isinstance(m, CountMessage)]
+    assert counts[-1].occupancy == Occupancy(
+        {"bird": 1, "cat": 1}, {"rail": {"bird": 1}, "sky": {"bird": 0, "cat": 1}})
+    assert [m.seq for m in counts] == list(range(len(counts)))
+    n = len(out)
+    _frames(layer, 10, 5, [(BIRD, [0.1, 0.6, 0.2, 0.8]), (CAT, [0.5, 0.1, 0.7, 0.3])])
+    assert not [m for m in out[n:] if isinstance(m, CountMessage)]  # no change: nothing sent
+    layer.close_all(0, "shutdown")
+    assert out[-1].occupancy.objects == {"bird": 0, "cat": 0}
+    assert out[-1].occupancy.zones == {"rail": {"bird": 0}, "sky": {"bird": 0, "cat": 0}}
+
+
+def test_a_label_s_own_rules_apply_to_it_only() -> None:
+    from edged.api.messages import EventMessage
+
+    out: list[Any] = []
+    layer = _layer({"labels": {"bird": {"min_hits": 8, "window": 10}}}, {}, out)
+    _frames(layer, 0, 7, [(BIRD, [0.1, 0.1, 0.2, 0.2]), (CAT, [0.5, 0.5, 0.7, 0.7])])
+    started = [m.label for m in out if isinstance(m, EventMessage)]
+    assert started == ["cat"]  # the cat on its 3rd frame; the bird needs 8
+    _frames(layer, 7, 1, [(BIRD, [0.1, 0.1, 0.2, 0.2]), (CAT, [0.5, 0.5, 0.7, 0.7])])
+    assert [m.label for m in out if isinstance(m, EventMessage)] == ["cat", "bird"]
+
+
+def test_a_reloaded_layer_continues_the_camera_s_seqs_while_the_old_one_ends() -> None:
+    from edged.api.messages import CountMessage, EventMessage
+    from edged.pipeline.events import Numbering
+
+    out: list[Any] = []
+    numbering = Numbering()
+    old = _layer({}, {}, out, numbering)
+    _frames(old, 0, 5, [(BIRD, [0.1, 0.1, 0.2, 0.2])])
+    new = _layer({"end_after_s": 9.0}, {}, out, numbering)  # created before the old ends
+    new.start(0)
+    old.close_all(0, "reload")
+    _frames(new, 5, 5, [(BIRD, [0.1, 0.1, 0.2, 0.2])])
+    for kind in (EventMessage, CountMessage):
+        seqs = [m.seq for m in out if isinstance(m, kind)]
+        assert seqs == list(range(len(seqs))), (kind, seqs)  # no repeat, never backwards
+    assert [(m.phase, m.end_reason) for m in out if isinstance(m, EventMessage)] == [
+        ("start", None), ("end", "reload"), ("start", None)]

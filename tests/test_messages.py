@@ -14,16 +14,22 @@ import numpy as np
 import pytest
 
 from edged.api import schema
+from edged.api.client import parse
 from edged.api.messages import (
+    KINDS,
     STAGES,
+    CountMessage,
     Detection,
     DetMessage,
     FrameSize,
     Latency,
     MalformedMessage,
+    Message,
+    Occupancy,
     Percentiles,
     ProcessStatus,
     ReloadStatus,
+    SnapMessage,
     SourceStatus,
     StatusMessage,
     decode,
@@ -44,8 +50,14 @@ STATUS = StatusMessage(
     "roof", 3, "reloading", 1_763_800_001_000_000_000, 17.0, "yolov3-tiny-416", "none", None,
     "ai_edge_litert", 25.0, 24.5, 425, 420, 5,
     SourceStatus("rtsp://viewer:***@cam/stream", None, 0, (1280, 720)),
-    {"total": Percentiles(12.5, 14.1, 17.0)}, 0, ("tcp://127.0.0.1:5556",),
+    {"total": Percentiles(12.5, 14.1, 17.0)},
+    Occupancy({"bird": 2, "person": 0}, {"rail": {"bird": 1}}), 0, ("tcp://127.0.0.1:5556",),
     ReloadStatus("in_progress", 1_763_800_000_500_000_000, None, "loading_model", 120.0, None))
+COUNT = CountMessage("roof", 9, 1_763_800_001_000_000_000,
+                     Occupancy({"bird": 1}, {"rail": {"bird": 1}, "door": {}}))
+SNAP = SnapMessage("roof", 2, "1763800000123456789-3f2a-4", "bird", 0.91,
+                   1_763_800_001_000_000_000, (0.32, 0.18, 0.39, 0.28), False, 1280, 720,
+                   "roof/1763800000123456789-3f2a-4.jpg", jpeg=b"\xff\xd8 not really")
 PROCESS = ProcessStatus(
     4, "running", 1_763_800_001_000_000_000, 17.0, "yolov3-tiny-416", "vx", None,
     "tflite_runtime", 0.62, 34.8, 590, {"roof": "running", "roof2": "source_down"}, "ok",
@@ -73,15 +85,15 @@ def _readme_examples() -> list[dict[str, Any]]:
 
 def test_readme_examples_are_valid_messages() -> None:
     examples = _readme_examples()
-    assert {e["kind"] for e in examples} == {"detections", "status", "process", "event"}
+    assert {e["kind"] for e in examples} == {k.KIND for k in KINDS}
     for example in examples:
         VALIDATOR.validate(example)
         assert to_wire(decode(json.dumps(example).encode())) == example
 
 
-@pytest.mark.parametrize("message", [DET, STATUS, PROCESS], ids=["det", "status", "process"])
-def test_encode_validates_and_decodes_to_the_same_value(
-        message: DetMessage | StatusMessage | ProcessStatus) -> None:
+@pytest.mark.parametrize("message", [DET, STATUS, PROCESS, COUNT, SNAP],
+                         ids=["det", "status", "process", "count", "snap"])
+def test_encode_validates_and_decodes_to_the_same_value(message: Message) -> None:
     payload = encode(message)
     VALIDATOR.validate(json.loads(payload))
     assert decode(payload) == message
@@ -97,7 +109,7 @@ def test_a_camera_state_the_schema_does_not_know_fails_validation() -> None:
 
 
 def test_every_declared_field_is_in_the_schema_and_the_wire() -> None:
-    for message in (DET, STATUS, PROCESS):
+    for message in (DET, STATUS, PROCESS, COUNT, SNAP):
         wire = to_wire(message)
         props = schema.build_schema()["$defs"][type(message).__name__]["properties"]
         declared = [f.name for f in dataclasses.fields(message) if f.metadata.get("wire", True)]
@@ -179,3 +191,16 @@ def test_decoder_ignores_unknown_fields_and_values() -> None:
 
 def test_stages_are_the_latency_fields() -> None:
     assert tuple(f.name for f in dataclasses.fields(Latency)) == STAGES
+
+
+def test_a_snap_is_three_frames_and_the_others_two() -> None:
+    topic, header = SNAP.topic.encode(), encode(SNAP)
+    got = parse([topic, header, SNAP.jpeg])
+    assert isinstance(got, SnapMessage) and got == SNAP and got.jpeg == SNAP.jpeg
+    assert "jpeg" not in json.loads(header)  # the picture is the third frame, not JSON
+    with pytest.raises(MalformedMessage, match="a snap message of 2 frames"):
+        parse([topic, header])
+    with pytest.raises(MalformedMessage, match="a detections message of 3 frames"):
+        parse([DET.topic.encode(), encode(DET), b"x"])
+    with pytest.raises(MalformedMessage, match="got 4 frames"):
+        parse([topic, header, SNAP.jpeg, b""])

@@ -12,7 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edged.pipeline.snapshots import Request, SnapshotWriter
+from edged.api.messages import SnapMessage
+from edged.pipeline.snapshots import Request, SnapshotWriter, crop_region
 
 DEADLINE_S = 30.0  # bounds a failing test only
 
@@ -100,3 +101,55 @@ def test_a_full_disk_stops_snapshots_and_says_why(tmp_path: Path) -> None:
     finally:
         w.stop()
         assert w.join(DEADLINE_S)
+
+
+def test_each_picture_is_published_with_its_header_and_saved_when_there_is_a_directory(
+        tmp_path: Path) -> None:
+    sent: list[SnapMessage] = []
+    for directory in (tmp_path / "snaps", None):
+        w = SnapshotWriter(directory, 80, 3600, 10 << 20, publish=sent.append)
+        w.start()
+        try:
+            assert w.request(_req("e1")) == ("roof/e1.jpg" if directory else None)
+            _wait(lambda: len(sent) == 1, "the snap message")
+        finally:
+            w.stop()
+            assert w.join(DEADLINE_S)
+        (msg,) = sent
+        sent.clear()
+        assert (msg.topic, msg.event, msg.label, msg.seq, msg.crop) == (
+            "snap/roof/", "e1", "bird", 0, False)
+        assert msg.file == ("roof/e1.jpg" if directory else None)
+        pic = cv2.imdecode(np.frombuffer(msg.jpeg, np.uint8), cv2.IMREAD_COLOR)
+        assert pic.shape == (msg.height, msg.width, 3) == (360, 640, 3)
+        if directory is not None:
+            assert (directory / "roof/e1.jpg").read_bytes() == msg.jpeg
+        else:
+            assert w.written == 0 and w.state == "ok"
+
+
+def test_a_crop_is_the_box_with_a_margin_inside_the_frame(tmp_path: Path) -> None:
+    sent: list[SnapMessage] = []
+    w = SnapshotWriter(None, 90, 3600, 10 << 20, crop=True, publish=sent.append)
+    image = _frame()
+    image[90:270, 160:320] = 200  # the object: the box (0.25, 0.25)-(0.5, 0.75) of 640x360
+    w.start()
+    try:
+        w.request(_req("e1", image=image))
+        w.request(Request("roof", "e2", "bird", 0.8, image, (0.0, 0.0, 0.02, 0.02)))
+        _wait(lambda: len(sent) == 2, "two snaps")
+    finally:
+        w.stop()
+        assert w.join(DEADLINE_S)
+    one, corner = sent
+    # 160 x 180 px box, margin 0.25 x 180 = 45 px on each side
+    assert crop_region((0.25, 0.25, 0.5, 0.75), 640, 360) == (115, 45, 365, 315)
+    assert one.crop and (one.width, one.height) == (250, 270)
+    pic = cv2.imdecode(np.frombuffer(one.jpeg, np.uint8), cv2.IMREAD_GRAYSCALE)
+    assert abs(int(pic[135, 125]) - 200) < 12  # the object's centre is the crop's centre
+    assert abs(int(pic[5, 5]) - 90) < 12  # the margin is the frame around it
+    # a tiny box in a corner: CROP_MIN_PX a side, slid inside the frame
+    assert crop_region((0.0, 0.0, 0.02, 0.02), 640, 360) == (0, 0, 96, 96)
+    assert (corner.width, corner.height) == (96, 96)
+    assert crop_region((0.9, 0.9, 1.0, 1.0), 640, 360) == (544, 264, 640, 360)
+    assert crop_region((0.0, 0.0, 1.0, 1.0), 640, 360) == (0, 0, 640, 360)  # never beyond

@@ -261,7 +261,7 @@ def _status(seq: int = 0) -> StatusMessage:
         backend="cpu", fallback_reason=None, runtime="test", fps_in=0.0, fps_out=0.0,
         frames_in=0, frames_out=0, frames_dropped=0,
         source=SourceStatus(uri="test", reason=None, reconnects=0, size=None), latency_ms={},
-        publish_dropped=0, endpoints=(), reload=None)
+        occupancy=None, publish_dropped=0, endpoints=(), reload=None)
 
 
 def _det(seq: int, boxes: int = 0) -> DetMessage:

@@ -2,7 +2,7 @@
 
     from edged.api.client import Subscriber
     with Subscriber(["tcp://127.0.0.1:5556"], topics=["det/"], cameras=["balcony"]) as sub:
-        for msg in sub:                      # DetMessage (and StatusMessage, ProcessStatus)
+        for msg in sub:  # DetMessage (and StatusMessage, ProcessStatus, EventMessage, ...)
             for d in msg.detections:
                 print(d.label, d.score, d.box)
 
@@ -12,6 +12,7 @@ Malformed messages (bad JSON, wrong schema version, missing fields) are skipped,
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -22,19 +23,25 @@ import zmq
 import zmq.auth
 
 from edged.api.messages import (
+    KINDS,
+    CountMessage,
     Detection,
     DetMessage,
     EventMessage,
     MalformedMessage,
     Message,
+    Occupancy,
     ProcessStatus,
+    Published,
+    SnapMessage,
     StatusMessage,
     decode,
     topic_str,
 )
 
-__all__ = ["DetMessage", "Detection", "EventMessage", "MalformedMessage", "Message",
-           "ProcessStatus", "StatusMessage", "Subscriber", "parse", "topics_for"]
+__all__ = ["CountMessage", "DetMessage", "Detection", "EventMessage", "MalformedMessage",
+           "Message", "Occupancy", "ProcessStatus", "SnapMessage", "StatusMessage",
+           "Subscriber", "parse", "topics_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,16 +50,23 @@ MAX_MESSAGE_BYTES = 16 << 20  # larger frames are dropped by ZeroMQ before they 
 
 def parse(frames: Sequence[bytes]) -> Message:
     """Turn one multipart message into a typed message, or raise MalformedMessage."""
-    if len(frames) != 2:
-        raise MalformedMessage(f"expected [topic, payload], got {len(frames)} frames")
+    if len(frames) not in (2, 3):
+        raise MalformedMessage(f"expected [topic, payload] or [topic, header, JPEG], got "
+                               f"{len(frames)} frames")
     try:
         topic = frames[0].decode()
     except UnicodeDecodeError as e:
         raise MalformedMessage("the topic is not UTF-8") from e
-    return decode(frames[1], topic)
+    msg = decode(frames[1], topic)
+    if isinstance(msg, SnapMessage) != (len(frames) == 3):
+        raise MalformedMessage(f"a {msg.KIND} message of {len(frames)} frames (a snap has 3: "
+                               "topic, header, JPEG; the others 2)")
+    if isinstance(msg, SnapMessage):
+        return dataclasses.replace(msg, jpeg=bytes(frames[2]))
+    return msg
 
 
-CAMERA_KINDS = tuple(k.TOPIC for k in (DetMessage, StatusMessage, EventMessage))
+CAMERA_KINDS = tuple(k.TOPIC for k in KINDS if issubclass(k, Published))
 
 
 def topics_for(topics: Sequence[str], cameras: Sequence[str] | None) -> list[str]:

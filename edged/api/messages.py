@@ -227,6 +227,20 @@ class ReloadStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class Occupancy:
+    """A camera's open events counted by label, in the whole frame and in each zone (what
+    ``count/<camera>/`` carries and a camera's status repeats)."""
+
+    objects: Mapping[str, int] = describe(
+        "label -> open events of that label in the frame. Every label the camera watches is "
+        "listed (its `classes`, its zones' and `events.labels`' labels, and any label that had "
+        "an event since start), 0 when none is there")
+    zones: Mapping[str, Mapping[str, int]] = describe(
+        "zone -> label -> open events of that label in the zone, for every zone of the camera "
+        "(a zone for some labels lists only those)")
+
+
+@dataclass(frozen=True, slots=True)
 class StatusMessage(Published):
     """``status/<camera>``: every ``status_interval_s`` and on every state change."""
 
@@ -248,6 +262,8 @@ class StatusMessage(Published):
     source: SourceStatus = describe()
     latency_ms: Mapping[str, Percentiles] = describe(
         "per stage, over the last frames; a stage without frames yet is absent", keys=STAGES)
+    occupancy: Occupancy | None = describe("its objects now, as in `count/<camera>/` (null: "
+                                           "events are off)")
     publish_dropped: int = _status("publish_dropped")
     endpoints: tuple[str, ...] = _status("endpoints")
     reload: ReloadStatus | None = _status("reload")
@@ -320,9 +336,48 @@ class EventMessage(Published):
     end_reason: str | None = describe("why it ended (end only)", enum=(*END_REASONS, None))
 
 
-Message = DetMessage | StatusMessage | ProcessStatus | EventMessage
+@dataclass(frozen=True, slots=True)
+class CountMessage(Published):
+    """``count/<camera>/``: the camera's occupancy, whenever it changes (an event starts or
+    ends, or an object enters or leaves a zone), and once when the camera's events start."""
+
+    KIND: ClassVar[str] = "count"
+    TOPIC: ClassVar[str] = "count"
+    ts_ns: int = describe("capture time of the frame it changed in, Unix epoch ns")
+    occupancy: Occupancy = describe()
+
+
+@dataclass(frozen=True, slots=True)
+class SnapMessage(Published):
+    """``snap/<camera>/``: an event's best picture so far, a multipart message of three frames:
+    the topic, this JSON header, the JPEG. Sent whenever an event has a better snapshot (its
+    start, then better sightings), after it was encoded (never by the inference thread)."""
+
+    KIND: ClassVar[str] = "snap"
+    TOPIC: ClassVar[str] = "snap"
+    event: str = describe("the event's id (`id` of its event messages)", minLength=1)
+    label: str = describe("the model's label")
+    score: float = describe("score of this sighting", minimum=0, maximum=1)
+    ts_ns: int = describe("capture time of the frame, Unix epoch ns")
+    box: Box = describe("[x1, y1, x2, y2] of the object in the frame, normalized",
+                        minimum=0, maximum=1)
+    crop: bool = describe("the picture is the box with a margin (`events.snapshot_crop`), "
+                          "not the whole frame")
+    width: int = describe("JPEG width, pixels", minimum=1)
+    height: int = describe("JPEG height, pixels", minimum=1)
+    file: str | None = describe("where it was saved below the snapshot directory, as in the "
+                                "event's `snapshot` (null: not saved: no directory, or the "
+                                "write failed)")
+    # Not in the JSON: the third frame.
+    jpeg: bytes = field(default=b"", kw_only=True, compare=False, repr=False,
+                        metadata={"wire": False})
+
+
+Message = (DetMessage | StatusMessage | ProcessStatus | EventMessage | CountMessage |
+           SnapMessage)
 KINDS: tuple[type[DetMessage] | type[StatusMessage] | type[ProcessStatus] |
-             type[EventMessage], ...] = (DetMessage, StatusMessage, ProcessStatus, EventMessage)
+             type[EventMessage] | type[CountMessage] | type[SnapMessage], ...] = (
+    DetMessage, StatusMessage, ProcessStatus, EventMessage, CountMessage, SnapMessage)
 
 
 # --- topics and encoding ---------------------------------------------------------------------

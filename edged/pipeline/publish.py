@@ -26,7 +26,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
-from edged.api.messages import Message, encode
+from edged.api.messages import Message, SnapMessage, encode
 from edged.config import CurveConfig, PublishConfig
 from edged.errors import ConfigError, EdgedError, first_line
 from edged.pipeline.stage import StageThread
@@ -405,8 +405,8 @@ class Publisher(StageThread):
 
     # --- producer side (any thread) ---------------------------------------------------------
     def submit(self, message: Message) -> None:
-        """Queue a det or event message; never blocks. When full, the oldest queued one is
-        dropped (events are also in the event history)."""
+        """Queue a det, event, count or snap message; never blocks. When full, the oldest
+        queued one is dropped (events are also in the event history)."""
         while True:
             try:
                 self._queue.put_nowait(message)
@@ -441,8 +441,11 @@ class Publisher(StageThread):
                 logger.error("dropping a message that cannot be encoded (%s); further ones are "
                              "only counted (status: publish_dropped)", first_line(e))
             return
+        frames = [message.topic.encode(), payload]
+        if isinstance(message, SnapMessage):
+            frames.append(message.jpeg)  # the picture, as a third frame (not in the JSON)
         with contextlib.suppress(zmq.Again):  # PUB drops at HWM by itself; never block here
-            self._sock.send_multipart([message.topic.encode(), payload], flags=zmq.NOBLOCK)
+            self._sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
 
     def _send_status(self, messages: Sequence[Message] | None = None) -> None:
         """Status messages are numbered here, as they leave: snapshots taken on several

@@ -17,9 +17,13 @@ Lifecycle. At start the thread opens the history and closes the events a crash l
 (a camera that hung and never sent its ends). Keep one store for the life of the process (a
 reload does not restart it): stopping it closes every open event.
 
-Failures (disk full, a read-only remount, a corrupt file) never end the thread: the batch is
-counted in `errors`, the reason is logged once and reported by `state` until a write succeeds
-again; a history that cannot be opened is retried every ``retry_s``.
+Failures never end the thread; the reason is logged once and reported by `state` until a write
+succeeds again. A history that refuses writes for now (disk full, a read-only remount, locked,
+an I/O error: SQLite's OperationalError) or cannot be opened keeps its batch: it goes back to
+the head of the queue and is tried again every ``retry_s`` (the queue's drop policy bounds what
+waits), so a disk that comes back loses nothing. A batch SQLite refuses for what it holds (a
+value it cannot store, a corrupt file's IntegrityError) is dropped and counted in `errors`, as is
+whatever still fails at stop.
 """
 
 from __future__ import annotations
@@ -184,17 +188,33 @@ class EventStore(StageThread):
             self._in_flight = 0
             self._cond.notify_all()
 
-    def _write(self, conn: sqlite3.Connection, batch: list[EventMessage]) -> None:
+    def _write(self, conn: sqlite3.Connection, batch: list[EventMessage]) -> bool:
+        """Commit ``batch``; False: the history refuses writes for now (try again later)."""
         try:
             with conn:
                 for msg in batch:
                     record(conn, msg)
-        except Exception as e:  # sqlite3.Error, or a value SQLite cannot hold: never fatal
+        except sqlite3.OperationalError as e:  # full, read-only, locked, I/O: may pass
+            self._failed(e)
+            return False
+        except Exception as e:  # a value SQLite cannot hold, a corrupt file: never fatal
             self.errors += len(batch)
             self._failed(e)
         else:
             self.written += len(batch)
             self._set_state(OK)
+        return True
+
+    def _requeue(self, batch: list[EventMessage]) -> None:
+        """Put a batch the history refused back at the head of the queue, in order."""
+        with self._cond:
+            self._queue.extendleft(reversed(batch))
+
+    def _pause(self, seconds: float) -> None:
+        """Wait before trying a refused write again (a stop ends the wait)."""
+        with self._cond:
+            if not self._stop.is_set():
+                self._cond.wait(seconds)
 
     def _prune(self, conn: sqlite3.Connection) -> None:
         if self._retention_ns is None:
@@ -210,19 +230,25 @@ class EventStore(StageThread):
         if conn is not None:
             self._prune(conn)
         next_prune = time.monotonic() + self._prune_s
+        retry_at = 0.0  # a write was refused: the queue waits until then
         try:
             while True:
                 now = time.monotonic()
+                if now < retry_at and not self._stop.is_set():
+                    self._pause(retry_at - now)
+                    continue
                 wake = next_prune if conn is not None else next_open
                 batch = self._take(wake - now)
                 if conn is None and (time.monotonic() >= next_open or self._stop.is_set()):
                     conn = self._open()
                     next_open = time.monotonic() + self._retry_s
                 if batch:
-                    if conn is None:
-                        self.errors += len(batch)
-                    else:
-                        self._write(conn, batch)
+                    if conn is None or not self._write(conn, batch):
+                        if self._stop.is_set():  # the last try: counted, not kept
+                            self.errors += len(batch)
+                        else:
+                            self._requeue(batch)
+                            retry_at = time.monotonic() + self._retry_s
                     self._done()
                 if conn is not None and time.monotonic() >= next_prune:
                     self._prune(conn)

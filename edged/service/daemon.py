@@ -251,7 +251,8 @@ class Service:
             fps_out=round(counts.fps_out, 2), frames_out=counts.frames_out,
             cameras={c.name: self.camera_state(c) for c in list(self.cameras.values())},
             history=self.store.state if self.store else None,
-            snapshots=self.snapshots.state if self.snapshots else None,
+            snapshots=self.snapshots.state if self.snapshots and self.snapshots.directory
+            else None,
             publish_dropped=self.publisher.dropped if self.publisher else 0,
             endpoints=self.publisher.bound if self.publisher else (),
             reload=self._reload_info)
@@ -272,6 +273,7 @@ class Service:
                 uri=shown(cam.cfg.source), reason=shown(reason) if reason else None,
                 reconnects=cam.reconnects, size=cap.frame_size if cap else None),
             latency_ms=counts.latency_ms,
+            occupancy=cam.events.occupancy if cam.events is not None else None,
             publish_dropped=self.publisher.dropped if self.publisher else 0,
             endpoints=self.publisher.bound if self.publisher else (),
             reload=self._reload_info)
@@ -289,21 +291,28 @@ class Service:
         if history is not None:
             self.store = EventStore(history, ev.retention_days)
             self.store.start()
-        if snaps is not None:
-            self.snapshots = SnapshotWriter(snaps, ev.snapshot_quality,
-                                            ev.retention_days * 86400,
-                                            int(ev.snapshot_max_mb * (1 << 20)))
-            self.snapshots.start()
+        # Published as snap/<camera>/ always; saved where there is a directory.
+        self.snapshots = SnapshotWriter(snaps, ev.snapshot_quality, ev.retention_days * 86400,
+                                        int(ev.snapshot_max_mb * (1 << 20)),
+                                        ev.snapshot_crop, self.publisher.submit
+                                        if self.publisher is not None else None)
+        self.snapshots.start()
         logger.info("events: history %s, snapshots %s", history or "off (events.history)",
-                    snaps or "off (events.snapshots)")
+                    snaps or "published, not saved (events.snapshots)")
         for cam in self.cameras.values():
-            cam.events = self._camera_events(cam.cfg)
+            cam.events = self._camera_events(cam, cam.cfg)
 
-    def _camera_events(self, cfg: CameraConfig) -> CameraEvents | None:
-        if not self.cfg.events.enabled or self.publisher is None:
+    def _camera_events(self, cam: Camera, cfg: CameraConfig,
+                       new: Config | None = None) -> CameraEvents | None:
+        """A camera's event layer under ``new`` (default: the running config)."""
+        new = new or self.cfg
+        if not new.events.enabled or self.publisher is None:
             return None
-        return CameraEvents(cfg.name, self.cfg.events, cfg, self.publisher.submit, self.store,
-                            self.snapshots)
+        events = CameraEvents(cfg.name, new.events, cfg, self.publisher.submit, self.store,
+                              self.snapshots, cam.numbering,
+                              classes=new.detection_for(cfg).classes or ())
+        events.start(time.time_ns())
+        return events
 
     def _lanes(self) -> list[Lane]:
         assert self.engine is not None
@@ -673,6 +682,8 @@ class Service:
             new = dataclasses.replace(new, events=dataclasses.replace(
                 new.events, **{k: getattr(old.events, k) for k in EVENTS_AT_START}))
         self._apply_cameras(new, engine)
+        if self.snapshots is not None:
+            self.snapshots.crop = new.events.snapshot_crop  # from the next picture on
         if new.log_level != old.log_level:
             logging.getLogger().setLevel(new.log_level.upper())
         self.cfg = new
@@ -703,13 +714,11 @@ class Service:
                             shown(cfg.source))
             if cam.events is None or cam.events.settings != settings_of(new.events, cfg) \
                     or not new.events.enabled:
-                seq = cam.events.seq if cam.events is not None else 0
                 if cam.events is not None:  # new zones, masks or rules: a new tracker
                     retired.append((cam.events, "reload"))
-                cam.events = None
-                if new.events.enabled and self.publisher is not None:
-                    cam.events = CameraEvents(cfg.name, new.events, cfg, self.publisher.submit,
-                                              self.store, self.snapshots, seq)
+                cam.events = self._camera_events(cam, cfg, new)
+            else:
+                cam.events.watch(new.detection_for(cfg).classes or ())
             cam.cfg = cfg
             cameras[cfg.name] = cam
         removed = [c for name, c in running.items() if name not in cameras]

@@ -11,7 +11,7 @@ import importlib
 import json
 import re
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -99,30 +99,61 @@ def write_summary_csv(rows: Sequence[SummaryRow], out: IO[str]) -> None:
     w.writerows(rows)
 
 
-def plot_visits(rows: Sequence[SummaryRow], path: Path, title: str) -> None:
+def _timeline(buckets: Sequence[str]) -> list[str]:
+    """Every bucket from the first day's start to the last day's end (hours: 00:00-23:00 of
+    each day; days: each day), so a quiet hour is a visible gap, not a missing bar."""
+    if not buckets:
+        return []
+    hourly = len(buckets[0]) > 10
+    first = datetime.strptime(buckets[0][:10], "%Y-%m-%d")
+    last = datetime.strptime(buckets[-1][:10], "%Y-%m-%d") + timedelta(days=1)
+    step = timedelta(hours=1) if hourly else timedelta(days=1)
+    out, t = [], first
+    while t < last:
+        out.append(t.strftime("%Y-%m-%d %H:00" if hourly else "%Y-%m-%d"))
+        t += step
+    return out
+
+
+def plot_visits(rows: Sequence[SummaryRow], path: Path, what: str) -> None:
     """Visits (bars) and minutes present (line) per bucket, all cameras and labels summed, to a
-    PNG. matplotlib is an optional extra, imported only here."""
+    PNG; ``what``: the filters, for the title. matplotlib is an optional extra, imported only
+    here."""
     try:
         mpl = importlib.import_module("matplotlib")
         mpl.use("Agg")  # no display on a board
         plt = importlib.import_module("matplotlib.pyplot")
+        ticker = importlib.import_module("matplotlib.ticker")
     except ImportError:
         raise MissingExtra(f"--plot needs matplotlib: {PLOT_EXTRA}") from None
-    buckets = sorted({r.bucket for r in rows})
+    buckets = _timeline(sorted({r.bucket for r in rows}))
+    hourly = bool(buckets) and len(buckets[0]) > 10
     visits = [sum(r.visits for r in rows if r.bucket == b) for b in buckets]
     dwell_min = [sum(r.dwell_s for r in rows if r.bucket == b) / 60 for b in buckets]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(buckets) + 2), 4), dpi=100)
+    fig, ax = plt.subplots(figsize=(min(max(6.0, 0.3 * len(buckets) + 2), 30), 4), dpi=100)
     try:
-        x = range(len(buckets))
-        ax.bar(x, visits, color="tab:blue", label="visits")
+        x = list(range(len(buckets)))
+        bars = ax.bar(x, visits, color="tab:blue", label="visits (began in it)")
         ax.set_ylabel("visits")
-        ax.set_xticks(list(x))
-        ax.set_xticklabels([b[-5:] if len(b) > 10 else b for b in buckets], rotation=90,
-                           fontsize=8)
+        ax.yaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        every = max(1, len(buckets) // 48)  # at most ~48 labels
+        ax.set_xticks(x[::every])
+        # hours: "HH" and the date at each midnight; days: the date
+        ax.set_xticklabels([(b[11:13] if b[11:13] != "00" else f"{b[5:10]}\n00") if hourly
+                            else b for b in buckets[::every]],
+                           rotation=0 if hourly else 90, fontsize=8)
+        ax.set_xlim(-0.6, len(buckets) - 0.4)
         ax2 = ax.twinx()
-        ax2.plot(list(x), dwell_min, color="tab:orange", marker="o", label="minutes present")
+        line = ax2.plot(x, dwell_min, color="tab:orange", marker=".",
+                        label="minutes present")
         ax2.set_ylabel("minutes present")
-        ax.set_title(title)
+        ax2.set_ylim(bottom=0)
+        ax.legend([bars, *line], [bars.get_label(), line[0].get_label()], loc="upper left",
+                  fontsize=8)
+        span = f"{buckets[0][:10]} to {buckets[-1][:10]}" if buckets else "no events"
+        if buckets and buckets[0][:10] == buckets[-1][:10]:
+            span = buckets[0][:10]
+        ax.set_title(f"{what}: {sum(visits)} visits, {span}")
         fig.tight_layout()
         try:
             fig.savefig(path, format="png")
