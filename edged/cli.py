@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -397,18 +398,27 @@ def _add_sub(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _save_snap(directory: Path, msg: Any) -> None:
-    """A snap's JPEG as DIR/<camera>/<event>.jpg (names as the daemon checked them: no path
-    separators; anything else from a peer is refused)."""
-    parts = (msg.camera, msg.event)
-    if any(not p or p in (".", "..") or "/" in p or "\0" in p for p in parts):
-        logger.warning("not saving a snap named %r/%r", *parts)
+    """A snap's JPEG as DIR/<camera>/<event>.jpg, replaced whole. The names come from the
+    publisher: only a camera name and an event id as edged makes them are used (anything else
+    is skipped with a warning, as is a file that cannot be written: the next ones still
+    are)."""
+    from edged.config import valid_name
+    from edged.core.track import EVENT_ID_RE
+
+    if not valid_name(msg.camera) or not EVENT_ID_RE.fullmatch(msg.event):
+        logger.warning("--save: skipping a snap named %s/%s (not an edged camera and event id)",
+                       _printable(msg.camera[:80]), _printable(msg.event[:80]))
         return
     path = directory / msg.camera / f"{msg.event}.jpg"
+    tmp = path.with_suffix(".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(msg.jpeg)
+        tmp.write_bytes(msg.jpeg)
+        os.replace(tmp, path)
     except OSError as e:
-        raise EdgedError(f"--save: cannot write {path}: {e.strerror or e}") from e
+        logger.warning("--save: cannot write %s: %s", path, e.strerror or e)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def _cmd_sub(args: argparse.Namespace) -> int:

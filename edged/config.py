@@ -85,8 +85,13 @@ def check_endpoint(ep: str) -> str | None:
 
 # --- checks of single values (the generic ones are in edged.spec) -------------------------
 
+def valid_name(v: str) -> bool:
+    """A camera or zone name (also a file name: never "." or "..")."""
+    return bool(_NAME_RE.fullmatch(v)) and set(v) != {"."}
+
+
 def _name(v: Any) -> str:
-    if not _NAME_RE.fullmatch(TEXT(v)) or set(v) == {"."}:  # "." and "..": paths, not names
+    if not valid_name(TEXT(v)):
         raise Invalid(f"use 1-64 letters, digits, '_', '-' or '.', got {show(v)}")
     return str(v)
 
@@ -480,9 +485,12 @@ def _cross(cfg: Config, r: Reader, listed: bool = False) -> Config:
     for label, own in cfg.events.labels.items():
         if label not in labels:
             raise r.fail(f"events.labels.{show(label)}", _unknown(label, labels))
-        if own.get("window", cfg.events.window) < own.get("min_hits", cfg.events.min_hits):
-            raise r.fail(f"events.labels.{label}.window", "must be >= min_hits (the label's "
-                         "own or the one of events)")
+        window = own.get("window", cfg.events.window)
+        hits = own.get("min_hits", cfg.events.min_hits)
+        if window < hits:
+            key = "window" if "window" in own else "min_hits"
+            raise r.fail(f"events.labels.{show(label)}.{key}", f"window ({window}) must be >= "
+                         f"min_hits ({hits}; the label's own or the one of events)")
     if curve is not None:
         if not curve.server_secret_key.is_file():
             raise r.fail("publish.curve.server_secret_key",

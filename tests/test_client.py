@@ -99,15 +99,16 @@ GOOD = {"v": SCHEMA_VERSION, "kind": "detections", "camera": "c", "seq": 0, "fra
 
 
 @pytest.mark.parametrize("bad", [
-    [b"det/c", b"not json"],
-    [b"det/c", b"\xff\xfe"],
-    [b"det/c", json.dumps({**GOOD, "v": SCHEMA_VERSION + 1}).encode()],
-    [b"det/c", json.dumps({k: v for k, v in GOOD.items() if k != "frame"}).encode()],
-    [b"det/c", json.dumps({**GOOD, "detections": [{"box": [1, 2]}]}).encode()],
-    [b"det/c", json.dumps({**GOOD, "kind": "gossip"}).encode()],
-    [b"det/c", json.dumps([1, 2, 3]).encode()],
-    [b"det/c", json.dumps(GOOD).encode(), b"extra frame"],
-    [b"det/c"],
+    [b"det/c/", b"not json"],
+    [b"det/c/", b"\xff\xfe"],
+    [b"det/c/", json.dumps({**GOOD, "v": SCHEMA_VERSION + 1}).encode()],
+    [b"det/c/", json.dumps({k: v for k, v in GOOD.items() if k != "frame"}).encode()],
+    [b"det/c/", json.dumps({**GOOD, "detections": [{"box": [1, 2]}]}).encode()],
+    [b"det/c/", json.dumps({**GOOD, "kind": "gossip"}).encode()],
+    [b"det/c/", json.dumps([1, 2, 3]).encode()],
+    [b"det/c/", json.dumps(GOOD).encode(), b"extra frame"],
+    [b"det/c/"],
+    [b"det/kitchen/", json.dumps(GOOD).encode()],  # about camera c: not on kitchen's topic
 ])
 def test_malformed_messages_are_skipped(bad: list[bytes]) -> None:
     port = free_port()
@@ -121,13 +122,13 @@ def test_malformed_messages_are_skipped(bad: list[bytes]) -> None:
             deadline = time.monotonic() + 10
             got = None
             while got is None and time.monotonic() < deadline:
-                pub.send_multipart([b"det/c", json.dumps(GOOD).encode()])
+                pub.send_multipart([b"det/c/", json.dumps(GOOD).encode()])
                 got = sub.recv(0.05)
             assert isinstance(got, DetMessage)
             while sub.recv(0.1) is not None:  # drain the extra good ones
                 pass
             pub.send_multipart(bad)
-            pub.send_multipart([b"det/c", json.dumps({**GOOD, "seq": 99}).encode()])
+            pub.send_multipart([b"det/c/", json.dumps({**GOOD, "seq": 99}).encode()])
             after = sub.recv(5.0)
         assert isinstance(after, DetMessage) and after.seq == 99
         assert sub.malformed == 1
@@ -155,3 +156,55 @@ def test_cameras_narrow_kinds_and_refuse_a_camera_topic() -> None:
     proc = run_edged("sub", "tcp://127.0.0.1:9", "--topic", "det/b/", "--camera", "a")
     assert proc.returncode == EXIT_USAGE and "--camera: 'det/b/' is one camera's topic" in \
         one_line_error(proc)
+
+
+def test_sub_save_writes_snaps_and_skips_hostile_names(tmp_path: Path) -> None:
+    """`edged sub --save`: file names come from the publisher. A name edged would never make
+    (too long, or a header whose camera is not the topic's) is skipped, and the subscriber
+    goes on saving the next ones."""
+    import dataclasses
+    import subprocess
+    import sys
+
+    from edged.api.messages import SnapMessage, encode
+
+    port = free_port()
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind(f"tcp://127.0.0.1:{port}")
+    out = tmp_path / "saved"
+    snap = SnapMessage("roof", 0, "1763800000000000000-ab12-1", "bird", 0.9, 0,
+                       (0.1, 0.1, 0.2, 0.2), False, 2, 2, None, jpeg=b"\xff\xd8one")
+
+    def send(msg: SnapMessage, topic: str | None = None) -> None:
+        pub.send_multipart([(topic or msg.topic).encode(), encode(msg), msg.jpeg])
+
+    proc = subprocess.Popen([sys.executable, "-m", "edged", "sub", f"tcp://127.0.0.1:{port}",
+                             "--topic", "snap/", "--save", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = out / "roof" / f"{snap.event}.jpg"
+        deadline = time.monotonic() + 60  # bounds a failing test only
+        while not first.exists():  # the slow joiner: until the subscriber is connected
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+            send(snap)
+            time.sleep(0.05)
+        send(dataclasses.replace(snap, event="1" * 300 + "-ab12-2"))  # ENAMETOOLONG
+        send(dataclasses.replace(snap, event="../../etc-ab12-3"))
+        send(dataclasses.replace(snap, camera="kitchen", event="1-ab12-4"), "snap/roof/")
+        last = dataclasses.replace(snap, event="1763800000000000000-ab12-5", jpeg=b"\xff\xd8two")
+        send(last)
+        while not (out / "roof" / f"{last.event}.jpg").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+            time.sleep(0.05)
+        assert proc.poll() is None  # still running after the hostile ones
+    finally:
+        proc.kill()
+        _, err = proc.communicate()
+        pub.close()
+        ctx.term()
+    saved = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert saved == [f"roof/{snap.event}.jpg", f"roof/{last.event}.jpg"], saved
+    assert (out / "roof" / f"{last.event}.jpg").read_bytes() == b"\xff\xd8two"
+    assert err.count("--save: skipping a snap named") == 2, err

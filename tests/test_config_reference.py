@@ -94,7 +94,7 @@ def test_engine_config_checks_what_the_config_file_checks(kwargs: dict[str, Any]
     ("events", {"labels": {"bird": {"min_score": 2}}},
      "events.labels.bird.min_score: expected a number in [0, 1], got 2"),
     ("events", {"labels": {"bird": {"min_hits": 6}}},
-     "events.labels.bird.window: must be >= min_hits (the label's own or the one of events)"),
+     "events.labels.'bird'.min_hits: window (5) must be >= min_hits (6; the label's own or"),
     ("events", {"labels": {"bird": [3]}}, "events.labels.bird: expected a mapping, got list"),
 ])
 def test_every_bad_value_is_one_config_error(section: str, values: dict[str, Any],

@@ -5,6 +5,7 @@ snapshots in tmp_path; real ZeroMQ, real SQLite, real SIGTERM and SIGKILL."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import signal
 import sqlite3
@@ -304,3 +305,58 @@ def test_a_reloaded_layer_continues_the_camera_s_seqs_while_the_old_one_ends() -
         assert seqs == list(range(len(seqs))), (kind, seqs)  # no repeat, never backwards
     assert [(m.phase, m.end_reason) for m in out if isinstance(m, EventMessage)] == [
         ("start", None), ("end", "reload"), ("start", None)]
+
+
+def test_a_camera_removed_and_added_back_continues_its_seqs(tmp_path: Path,
+                                                            speed: Speed) -> None:
+    """Each kind's seq is +1 per message of a camera for the life of the process: a camera
+    removed by one reload and added back by the next continues them (event/ and count/
+    restarted at 0: a gap-and-repeat a subscriber reads as lost messages)."""
+    def config(names: list[str]) -> Path:
+        return write_config(
+            tmp_path / "edged.yaml",
+            cameras=[{"name": n, "source": str(SAMPLE_CLIP), "realtime": True} for n in names],
+            events={"end_after_s": 1.0},
+            publish={"endpoints": [f"ipc://{tmp_path}/edged.sock"], "status_interval_s": 0.5})
+
+    kinds = ("det", "count", "event", "snap")
+    with Daemon(tmp_path, config(["roof", "yard"])) as d, Listener(
+            f"ipc://{tmp_path}/edged.sock", tuple(f"{k}/roof/" for k in kinds)) as sub:
+        sub.wait_until(_is_event("start"), speed.start_deadline(base_s=2.0), "a roof event")
+        config(["yard"])
+        d.signal(signal.SIGHUP)
+        sub.wait_until(lambda m: _is_event("end")(m) and m[1]["end_reason"] == "removed",
+                       speed.deadline(), "roof's event ended by its removal")
+        sub.drain()
+        mark = len(sub.messages)
+        config(["yard", "roof"])
+        d.signal(signal.SIGHUP)
+        sub.wait_until(_is_event("start"), speed.start_deadline(base_s=2.0),
+                       "a roof event after it was added back")
+        sub.wait_until(lambda m: m[0] == "snap/roof/", speed.deadline(), "its snapshot")
+        code, _ = d.stop()
+        sub.drain()
+    assert code == 0, d.stderr[-3000:]
+    for kind in kinds:
+        seqs = [m["seq"] for t, m, _ in sub.messages if t == f"{kind}/roof/"]
+        before = [m["seq"] for t, m, _ in sub.messages[:mark] if t == f"{kind}/roof/"]
+        assert before and len(seqs) > len(before), kind
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), (kind, seqs)
+    counts = [m["occupancy"] for t, m, _ in sub.messages if t == "count/roof/"]
+    assert all(a != b for a, b in itertools.pairwise(counts)), counts  # on change
+
+
+def test_labels_a_reload_adds_are_listed_at_once() -> None:
+    from edged.api.messages import CountMessage, Occupancy
+
+    out: list[Any] = []
+    layer = _layer({}, {}, out)
+    layer.start(0)
+    _frames(layer, 0, 5, [(BIRD, [0.1, 0.1, 0.2, 0.2])])
+    assert out[-1].occupancy == Occupancy({"bird": 1}, {})
+    layer.watch(["cat", "bird"], 1)  # detection.classes: [cat, bird] by a reload
+    assert isinstance(out[-1], CountMessage)
+    assert out[-1].occupancy == layer.occupancy == Occupancy({"bird": 1, "cat": 0}, {})
+    n = len(out)
+    layer.watch(["cat"], 2)  # nothing new: nothing sent
+    assert len(out) == n

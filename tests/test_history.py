@@ -415,6 +415,38 @@ def test_a_full_disk_is_reported_and_the_thread_carries_on(
     assert {"e0", refused, "later"} <= set(rows(db))
 
 
+def test_a_nearly_full_disk_still_takes_the_rows_that_fit_and_keeps_the_rest(
+        tmp_path: Path, store_factory: list[EventStore]) -> None:
+    """A batch the disk refuses is not dropped, and does not block the rows that fit."""
+    db = tmp_path / "events.db"
+
+    def small_disk(path: Path) -> sqlite3.Connection:
+        conn = open_history(path)
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count={pages + 6}")
+        return conn
+
+    store = EventStore(db, opener=small_disk, retry_s=0.05)
+    store_factory.append(store)
+    t0 = at(7)
+    n = 20
+    for i in range(n):  # one batch: queued before the thread starts
+        store.submit(event(f"e{i:02}", "start", t0, t0, snapshot="x" * 3000))
+    store.start()
+    wait_for(lambda: store.state != "ok" and store.queued < n)
+    fit = store.written
+    assert 0 < fit < n and store.errors == 0
+    assert sorted(rows(db)) == [f"e{i:02}" for i in range(fit)]  # in order, up to the refused
+    deadline = time.monotonic() + 30
+    while store.written < n:  # another process makes room now and then: all of them land
+        assert time.monotonic() < deadline, (store.written, store.state)
+        with sqlite3.connect(db) as c:
+            c.execute("DELETE FROM events")
+        c.close()
+        time.sleep(0.1)
+    assert store.flush(10) and store.errors == 0 and store.lost == 0 and store.dropped == 0
+
+
 # --- real processes ------------------------------------------------------------------------
 
 CHILD = r"""

@@ -145,8 +145,8 @@ HOSTILE_PAYLOADS = [
 def test_client_skips_hostile_messages(payload: bytes) -> None:
     with _publisher() as (pub, ep), Subscriber([ep], topics=["det/", "status/"]) as sub:
         _join(pub, sub)
-        pub.send_multipart([b"det/c", payload])
-        pub.send_multipart([b"det/c", json.dumps({**GOOD, "seq": 99}).encode()])
+        pub.send_multipart([b"det/c/", payload])
+        pub.send_multipart([b"det/c/", json.dumps({**GOOD, "seq": 99}).encode()])
         after = sub.recv(10.0)
         assert isinstance(after, DetMessage) and after.seq == 99
         assert sub.malformed == 1
@@ -161,7 +161,7 @@ def test_recv_timeout_holds_while_malformed_messages_keep_coming() -> None:
 
         def flood() -> None:
             while not stop.is_set():
-                pub.send_multipart([b"det/c", b"{}"])
+                pub.send_multipart([b"det/c/", b"{}"])
                 stop.wait(0.01)
         sender = threading.Thread(target=flood)
         sender.start()
@@ -188,8 +188,8 @@ def test_edged_sub_survives_a_hostile_publisher() -> None:
             # until it prints the good one (or exits).
             while proc.poll() is None and time.monotonic() < deadline:
                 for p in HOSTILE_PAYLOADS:
-                    pub.send_multipart([b"det/c", p.values[0]])  # type: ignore[index]
-                pub.send_multipart([b"det/c", json.dumps({**GOOD, "seq": 7}).encode()])
+                    pub.send_multipart([b"det/c/", p.values[0]])  # type: ignore[index]
+                pub.send_multipart([b"det/c/", json.dumps({**GOOD, "seq": 7}).encode()])
                 time.sleep(0.05)
             out, err = proc.communicate(timeout=10)
         finally:
@@ -217,7 +217,7 @@ def _join(pub: zmq.Socket[bytes], sub: Subscriber) -> None:
     deadline = time.monotonic() + 30
     got = None
     while got is None and time.monotonic() < deadline:
-        pub.send_multipart([b"det/c", json.dumps(GOOD).encode()])
+        pub.send_multipart([b"det/c/", json.dumps(GOOD).encode()])
         got = sub.recv(0.05)
     assert isinstance(got, DetMessage)
     while sub.recv(0.1) is not None:

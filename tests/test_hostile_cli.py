@@ -262,8 +262,9 @@ def test_sub_escapes_control_characters() -> None:
     screen: topic, labels and the fallback reason were printed raw."""
     evil = "\x1b]0;pwned\x07\x1b[2J\r"
     first = GOOD["detections"][0]  # type: ignore[index]
-    det = {**GOOD, "detections": [{**first, "label": "bird" + evil}]}
-    status = {**STATUS, "fallback_reason": "npu" + evil}
+    # (a message goes on the topic of its camera: the topic carries the camera's characters)
+    det = {**GOOD, "camera": "c" + evil, "detections": [{**first, "label": "bird" + evil}]}
+    status = {**STATUS, "camera": "c" + evil, "fallback_reason": "npu" + evil}
     with _publisher() as (pub, ep):
         proc = subprocess.Popen([sys.executable, "-m", "edged", "sub", ep, "--count", "4"],
                                 cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -271,8 +272,8 @@ def test_sub_escapes_control_characters() -> None:
         try:
             deadline = time.monotonic() + 60
             while proc.poll() is None and time.monotonic() < deadline:
-                pub.send_multipart([("status/c" + evil).encode(), json.dumps(status).encode()])
-                pub.send_multipart([("det/c" + evil).encode(), json.dumps(det).encode()])
+                pub.send_multipart([f"status/c{evil}/".encode(), json.dumps(status).encode()])
+                pub.send_multipart([f"det/c{evil}/".encode(), json.dumps(det).encode()])
                 time.sleep(0.05)
             out, err = proc.communicate(timeout=10)
         finally:

@@ -163,6 +163,28 @@ def test_tracker_drops_tracks_after_max_miss() -> None:
         == [2]
 
 
+def test_a_track_unseen_for_long_rejoins_only_where_it_was_last_seen() -> None:
+    """After ``stale_s`` unseen, neither the prediction nor the centre-distance pass may hand a
+    track to another object of its label nearby (on real footage: a cyclist of the previous
+    shot taking over a new one, and that visit's end reported 3 s late)."""
+    tr = Tracker()
+    assert tr.update(T0, np.array([box(0.30, 0.5)]), np.array([0.9]), ["person"]).tolist() \
+        == [1]
+    # 1.5 s later a person 3/4 of a box width away: IoU 0.14 with the last box, below the 0.3
+    # a stale track needs (above iou_min 0.1, and within one diagonal: matched before)
+    other = box(0.30 + 0.075, 0.5)
+    assert tr.update(T0 + 1.5, np.array([other]), np.array([0.9]), ["person"]).tolist() == [2]
+    # a recent miss (0.6 s) with the same offset still rejoins
+    tr2 = Tracker()
+    tr2.update(T0, np.array([box(0.30, 0.5)]), np.array([0.9]), ["person"])
+    assert tr2.update(T0 + 0.6, np.array([other]), np.array([0.9]), ["person"]).tolist() == [1]
+    # and after long, one where it was (IoU >= stale_iou) rejoins
+    tr3 = Tracker()
+    tr3.update(T0, np.array([box(0.30, 0.5)]), np.array([0.9]), ["person"])
+    back = box(0.30 + 0.01, 0.5)
+    assert tr3.update(T0 + 2.5, np.array([back]), np.array([0.9]), ["person"]).tolist() == [1]
+
+
 def test_tracker_never_gives_a_track_another_label() -> None:
     tr = Tracker()
     assert tr.update(T0, np.array([box(0.5, 0.5)]), np.array([0.9]), ["person"]).tolist() == [1]

@@ -58,6 +58,9 @@ def parse(frames: Sequence[bytes]) -> Message:
     except UnicodeDecodeError as e:
         raise MalformedMessage("the topic is not UTF-8") from e
     msg = decode(frames[1], topic)
+    if topic != msg.topic_of():  # the header's camera is the topic's (what was subscribed)
+        raise MalformedMessage(f"a {msg.KIND} message about {msg.topic_of()!r} on topic "
+                               f"{topic[:80]!r}")
     if isinstance(msg, SnapMessage) != (len(frames) == 3):
         raise MalformedMessage(f"a {msg.KIND} message of {len(frames)} frames (a snap has 3: "
                                "topic, header, JPEG; the others 2)")

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from edged.config import CameraConfig
 from edged.engine.detector import DetectParams
 from edged.pipeline.capture import CaptureThread
-from edged.pipeline.events import CameraEvents, Numbering
+from edged.pipeline.events import CameraEvents
 from edged.pipeline.slot import LatestFrameSlot
 from edged.pipeline.stats import PipelineStats
 from edged.pipeline.worker import Lane
@@ -39,7 +39,6 @@ class Camera:
         self.source_reason: str | None = NO_FRAME_YET
         self._base_reconnects = 0  # reconnects of the captures replaced by reloads
         self.events: CameraEvents | None = None  # set by the daemon (events on)
-        self.numbering = Numbering()  # its event and count seqs, across event layers
 
     @property
     def name(self) -> str:

@@ -53,6 +53,7 @@ class Numbering:
         self.lock = threading.Lock()
         self.event = 0
         self.count = 0
+        self.occupancy: Occupancy | None = None  # the last count/ sent
 
 
 class CameraEvents:
@@ -135,11 +136,13 @@ class CameraEvents:
         return len(changes)
 
     def start(self, ts_ns: int) -> None:
-        """Publish the occupancy once (all zeros) as the camera's events begin: a subscriber
-        (an MQTT bridge keeping retained counts) knows every label and zone from the start,
-        and a count left non-zero by a crash is reset."""
+        """Publish the occupancy (all zeros) as the camera's events begin, unless the camera's
+        last count said the same (a reload's new layer after the old one ended): a
+        subscriber (an MQTT bridge keeping retained counts) knows every label and zone from
+        the start, and a count left non-zero by a crash is reset."""
         with self._lock:
-            self._publish_count(ts_ns)
+            if self.occupancy != self.numbering.occupancy:
+                self._publish_count(ts_ns)
 
     def _occupancy(self, counts: dict[tuple[str, str], int]) -> Occupancy:
         for (_, label) in counts:
@@ -160,13 +163,17 @@ class CameraEvents:
     def _publish_count(self, ts_ns: int) -> None:
         msg = CountMessage(self.camera, self.numbering.count, ts_ns, self.occupancy)
         self.numbering.count += 1
+        self.numbering.occupancy = self.occupancy
         self._publish(msg)
 
-    def watch(self, classes: Sequence[str]) -> None:
-        """Count these labels from now on too (a reload's new ``detection.classes``)."""
+    def watch(self, classes: Sequence[str], ts_ns: int) -> None:
+        """Count these labels from now on too (a reload's new ``detection.classes``): a new
+        label is listed at once (with its 0)."""
         with self._lock:
             for label in classes:
                 self._watched.setdefault(label)
+            if not self._closed:
+                self._count(ts_ns)
 
     def _message(self, ch: Change, ts_ns: int) -> EventMessage:
         """``ch`` as a message about the frame of wall time ``ts_ns`` (tracker times are

@@ -188,13 +188,14 @@ class EventStore(StageThread):
             self._in_flight = 0
             self._cond.notify_all()
 
-    def _write(self, conn: sqlite3.Connection, batch: list[EventMessage]) -> bool:
-        """Commit ``batch``; False: the history refuses writes for now (try again later)."""
+    def _commit(self, conn: sqlite3.Connection, batch: list[EventMessage]) -> bool:
+        """One transaction; False: the history refuses writes for now (full, read-only,
+        locked, an I/O error: SQLite's OperationalError, which may pass)."""
         try:
             with conn:
                 for msg in batch:
                     record(conn, msg)
-        except sqlite3.OperationalError as e:  # full, read-only, locked, I/O: may pass
+        except sqlite3.OperationalError as e:
             self._failed(e)
             return False
         except Exception as e:  # a value SQLite cannot hold, a corrupt file: never fatal
@@ -205,10 +206,35 @@ class EventStore(StageThread):
             self._set_state(OK)
         return True
 
+    def _write(self, conn: sqlite3.Connection, batch: list[EventMessage]) -> list[EventMessage]:
+        """Commit ``batch``; returns what the history refused for now (to try again later).
+        A refused batch is tried again a message at a time, in order, up to the first one
+        refused: on a nearly full disk the small rows that fit still land, and no message
+        is written before an earlier one of its event."""
+        if self._commit(conn, batch):
+            return []
+        if len(batch) > 1:
+            for i, msg in enumerate(batch):
+                if not self._commit(conn, [msg]):
+                    return batch[i:]
+            return []
+        return batch
+
     def _requeue(self, batch: list[EventMessage]) -> None:
-        """Put a batch the history refused back at the head of the queue, in order."""
+        """Put what the history refused back at the head of the queue, in order; the queue's
+        bound (2 x queue_size, updates dropped first) holds again afterwards."""
         with self._cond:
-            self._queue.extendleft(reversed(batch))
+            q = self._queue
+            q.extendleft(reversed(batch))
+            while len(q) > 2 * self._size:
+                for i, m in enumerate(q):
+                    if m.phase == "update":
+                        del q[i]
+                        self.dropped += 1
+                        break
+                else:
+                    q.popleft()
+                    self.lost += 1
 
     def _pause(self, seconds: float) -> None:
         """Wait before trying a refused write again (a stop ends the wait)."""
@@ -243,12 +269,12 @@ class EventStore(StageThread):
                     conn = self._open()
                     next_open = time.monotonic() + self._retry_s
                 if batch:
-                    if conn is None or not self._write(conn, batch):
-                        if self._stop.is_set():  # the last try: counted, not kept
-                            self.errors += len(batch)
-                        else:
-                            self._requeue(batch)
-                            retry_at = time.monotonic() + self._retry_s
+                    refused = batch if conn is None else self._write(conn, batch)
+                    if refused and self._stop.is_set():  # the last try: counted, not kept
+                        self.errors += len(refused)
+                    elif refused:
+                        self._requeue(refused)
+                        retry_at = time.monotonic() + self._retry_s
                     self._done()
                 if conn is not None and time.monotonic() >= next_prune:
                     self._prune(conn)

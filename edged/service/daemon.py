@@ -34,7 +34,7 @@ from edged.engine.probe import ProbeCancelled
 from edged.errors import EXIT_OK, EXIT_RUNTIME, EdgedError
 from edged.pipeline.camera import Camera
 from edged.pipeline.capture import shown
-from edged.pipeline.events import CameraEvents, settings_of
+from edged.pipeline.events import CameraEvents, Numbering, settings_of
 from edged.pipeline.publish import Publisher, PublishError
 from edged.pipeline.snapshots import SnapshotWriter
 from edged.pipeline.stats import PipelineStats
@@ -164,6 +164,9 @@ class Service:
         self.worker: InferenceWorker | None = None
         self.store: EventStore | None = None  # the event history (None: not configured)
         self.snapshots: SnapshotWriter | None = None
+        # Each camera's event and count seqs, by name: across reloads, a camera removed and
+        # added back included (as det seqs are kept by the worker).
+        self._numbering: dict[str, Numbering] = {}
         # Around a state change, its snapshot and queueing it (main, reload and capture
         # threads); the publisher numbers status messages as it sends them.
         self._status_lock = threading.RLock()
@@ -300,19 +303,19 @@ class Service:
         logger.info("events: history %s, snapshots %s", history or "off (events.history)",
                     snaps or "published, not saved (events.snapshots)")
         for cam in self.cameras.values():
-            cam.events = self._camera_events(cam, cam.cfg)
+            cam.events = self._camera_events(cam.cfg)
+            if cam.events is not None:
+                cam.events.start(time.time_ns())
 
-    def _camera_events(self, cam: Camera, cfg: CameraConfig,
-                       new: Config | None = None) -> CameraEvents | None:
-        """A camera's event layer under ``new`` (default: the running config)."""
+    def _camera_events(self, cfg: CameraConfig, new: Config | None = None) -> CameraEvents | None:
+        """A camera's event layer under ``new`` (default: the running config); the caller
+        starts it (``start``: its first count)."""
         new = new or self.cfg
         if not new.events.enabled or self.publisher is None:
             return None
-        events = CameraEvents(cfg.name, new.events, cfg, self.publisher.submit, self.store,
-                              self.snapshots, cam.numbering,
-                              classes=new.detection_for(cfg).classes or ())
-        events.start(time.time_ns())
-        return events
+        return CameraEvents(cfg.name, new.events, cfg, self.publisher.submit, self.store,
+                            self.snapshots, self._numbering.setdefault(cfg.name, Numbering()),
+                            classes=new.detection_for(cfg).classes or ())
 
     def _lanes(self) -> list[Lane]:
         assert self.engine is not None
@@ -702,6 +705,7 @@ class Service:
         cameras: dict[str, Camera] = {}
         restart: list[Camera] = []
         retired: list[tuple[CameraEvents, str]] = []  # closed once the worker has the new
+        started: list[CameraEvents] = []  # their first count once the retired ones ended
         for cfg in new.cameras:
             cam = running.get(cfg.name)
             if cam is None:
@@ -716,9 +720,11 @@ class Service:
                     or not new.events.enabled:
                 if cam.events is not None:  # new zones, masks or rules: a new tracker
                     retired.append((cam.events, "reload"))
-                cam.events = self._camera_events(cam, cfg, new)
+                cam.events = self._camera_events(cfg, new)
+                if cam.events is not None:
+                    started.append(cam.events)
             else:
-                cam.events.watch(new.detection_for(cfg).classes or ())
+                cam.events.watch(new.detection_for(cfg).classes or (), time.time_ns())
             cam.cfg = cfg
             cameras[cfg.name] = cam
         removed = [c for name, c in running.items() if name not in cameras]
@@ -740,6 +746,8 @@ class Service:
             now = time.time_ns()
             for events, reason in retired:  # a frame of the old lanes in flight finds it closed
                 events.close_all(now, reason)
+            for events in started:
+                events.start(now)
             for cam in removed:
                 logger.info("reload: camera %s removed", cam.name)
                 final = self._camera_status(cam)

@@ -136,7 +136,11 @@ def plot_visits(rows: Sequence[SummaryRow], path: Path, what: str) -> None:
         bars = ax.bar(x, visits, color="tab:blue", label="visits (began in it)")
         ax.set_ylabel("visits")
         ax.yaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-        every = max(1, len(buckets) // 48)  # at most ~48 labels
+        # at most ~48 labels; hourly, a divisor or multiple of 24, so that each day's 00 (with
+        # the date) is labelled
+        every = max(1, -(-len(buckets) // 48))
+        if hourly:
+            every = next((d for d in (1, 2, 3, 4, 6, 12) if d >= every), 24 * -(-every // 24))
         ax.set_xticks(x[::every])
         # hours: "HH" and the date at each midnight; days: the date
         ax.set_xticklabels([(b[11:13] if b[11:13] != "00" else f"{b[5:10]}\n00") if hourly
