@@ -17,7 +17,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -381,18 +381,20 @@ def test_start_closes_a_crash_and_prunes_then_prunes_every_interval(
     assert "late-old" not in rows(db) and store.state == "ok"
 
 
+def small_disk(extra_pages: int) -> Callable[[Path], sqlite3.Connection]:
+    """An opener of the history limited to a few more pages: SQLite's own SQLITE_FULL."""
+    def opener(path: Path) -> sqlite3.Connection:
+        conn = open_history(path)
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count={pages + extra_pages}")
+        return conn
+    return opener
+
+
 def test_a_full_disk_is_reported_and_the_thread_carries_on(
         tmp_path: Path, store_factory: list[EventStore]) -> None:
     db = tmp_path / "events.db"
-
-    def small_disk(path: Path) -> sqlite3.Connection:
-        """The history limited to a few more pages: SQLite's own SQLITE_FULL."""
-        conn = open_history(path)
-        pages = conn.execute("PRAGMA page_count").fetchone()[0]
-        conn.execute(f"PRAGMA max_page_count={pages + 3}")
-        return conn
-
-    store = EventStore(db, opener=small_disk, retry_s=0.1)
+    store = EventStore(db, opener=small_disk(3), retry_s=0.1)
     store_factory.append(store)
     store.start()
     t0 = at(7)
@@ -419,14 +421,7 @@ def test_a_nearly_full_disk_still_takes_the_rows_that_fit_and_keeps_the_rest(
         tmp_path: Path, store_factory: list[EventStore]) -> None:
     """A batch the disk refuses is not dropped, and does not block the rows that fit."""
     db = tmp_path / "events.db"
-
-    def small_disk(path: Path) -> sqlite3.Connection:
-        conn = open_history(path)
-        pages = conn.execute("PRAGMA page_count").fetchone()[0]
-        conn.execute(f"PRAGMA max_page_count={pages + 6}")
-        return conn
-
-    store = EventStore(db, opener=small_disk, retry_s=0.05)
+    store = EventStore(db, opener=small_disk(6), retry_s=0.05)
     store_factory.append(store)
     t0 = at(7)
     n = 20
