@@ -2,7 +2,8 @@
 """Events against a reference on real footage: does one continuous presence give one event?
 
     python benchmarks/events_accuracy.py [--assets DIR] [--rates native,10,5] [-v]
-        [--clips bikes,carphone_pristine,bigbuckbunny] [--gap 1] [--density 0.5] [--score S]
+        [--clips bikes,carphone_pristine,bigbuckbunny] [--video PATH] [--vtest]
+        [--gap 1] [--density 0.5] [--score S]
 
 Clips: the registry videos of ``edged.export.assets``, fetched (or only checked) into
 ``--assets`` (default ``<repo>/.assets``).
@@ -57,8 +58,13 @@ Targets (the issue): every presence gives exactly one event, |start error| and |
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
 import statistics
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -417,11 +423,46 @@ def verdicts(rows: list[Row], rates: Sequence[str]) -> None:
               f"(≤ {SPURIOUS_PER_MIN:g}/min)")
 
 
+VTEST_SHA256 = "45cddc9490be69345cbdab64ca583be65987e864ca408038e648db99e10516cf"
+VTEST_IN_DEB = "./usr/share/doc/opencv-doc/examples/data/vtest.avi"
+
+
+def fetch_vtest(assets: Path) -> Path:
+    """OpenCV's vtest.avi (768x576, 10 fps, 795 frames: people walking past each other in a
+    fixed camera's view) from Debian's ``opencv-doc`` package (apt-get download: no root, no
+    install), checked by its SHA-256 and kept in ASSETS/videos."""
+    out = assets / "videos" / "vtest.avi"
+    if out.is_file() and hashlib.sha256(out.read_bytes()).hexdigest() == VTEST_SHA256:
+        return out
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(["apt-get", "download", "opencv-doc"], cwd=tmp, check=True,
+                       stdout=subprocess.DEVNULL)
+        (deb,) = Path(tmp).glob("opencv-doc_*.deb")
+        tar = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], check=True,
+                             capture_output=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
+            member = tf.extractfile(VTEST_IN_DEB)
+            if member is None:
+                raise SystemExit(f"{deb.name} has no {VTEST_IN_DEB}")
+            data = member.read()
+    if hashlib.sha256(data).hexdigest() != VTEST_SHA256:
+        raise SystemExit(f"vtest.avi from {deb.name}: unexpected SHA-256")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(data)
+    return out
+
+
 def main() -> int:
     ecfg, dcfg = EventsConfig(), DetectionConfig()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--assets", type=Path, default=REPO / ".assets")
-    ap.add_argument("--clips", default=",".join(CLIPS))
+    ap.add_argument("--clips", default=",".join(CLIPS),
+                    help="registry clips of edged.export.assets (comma-separated; '' for none)")
+    ap.add_argument("--video", type=Path, action="append", default=[],
+                    help="another clip (repeatable)")
+    ap.add_argument("--vtest", action="store_true",
+                    help="also OpenCV's vtest.avi (pedestrians, a fixed camera, 80 s), fetched "
+                    "once from Debian's opencv-doc package into ASSETS/videos")
     ap.add_argument("--rates", default="native,10,5",
                     help="inference rates: 'native' (every frame) or frames per second")
     ap.add_argument("--gap", type=float, default=1.0,
@@ -456,9 +497,13 @@ def main() -> int:
           f"frames, median score ≥ {args.score:g} (else weak); events belong to the reference "
           f"track they pair with (IoU ≥ {MATCH_IOU}) on most frames")
     rows: dict[bool, list[Row]] = {False: [], True: []}
-    for name in args.clips.split(","):
+    videos = [assets.video(n) for n in args.clips.split(",") if n] + args.video
+    if args.vtest:
+        videos.append(fetch_vtest(args.assets))
+    for video in videos:
+        name = video.stem
         t0 = time.perf_counter()
-        clip = load(assets.video(name), net, det)
+        clip = load(video, net, det)
         ref = link(clip, labels, args.gap)
         pres = Presence(clip.fps, args.density, args.score)
         n = sum(pres.long(t) and pres.strong(t) for t in ref)
