@@ -174,6 +174,17 @@ def detections_of(dets: Detections, labels: Sequence[str], width: int,
     return tuple(out)
 
 
+def unit(value: float) -> float:
+    """A score or normalized coordinate as the wire carries it: within [0, 1], 4 digits."""
+    return round(min(max(value, 0.0), 1.0), 4)
+
+
+def unit_box(box: Sequence[float]) -> Box:
+    """A normalized box as the wire carries it (``unit`` of each coordinate)."""
+    x1, y1, x2, y2 = box
+    return (unit(x1), unit(y1), unit(x2), unit(y2))
+
+
 # --- status ----------------------------------------------------------------------------------
 
 # What a camera's status and the process's status both say, declared once.

@@ -16,7 +16,14 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from edged.api.messages import CountMessage, EventMessage, Message, Occupancy
+from edged.api.messages import (
+    CountMessage,
+    EventMessage,
+    Message,
+    Occupancy,
+    unit,
+    unit_box,
+)
 from edged.config import LABEL_RULES, CameraConfig, EventsConfig
 from edged.core.track import Change, EventRules, EventTracker, Label, Zone
 from edged.core.types import Detections
@@ -185,10 +192,8 @@ class CameraEvents:
             self.camera, self.numbering.event, ch.kind, ch.event_id, str(ch.label),
             last_ns if end else ts_ns, start_ns, last_ns if end else None,
             round(max(((last_ns if end else ts_ns) - start_ns) / 1e9, 0.0), 3),
-            ch.stationary, round(min(ch.top_score, 1.0), 4),
-            tuple(round(min(max(v, 0.0), 1.0), 4) for v in ch.best_box),  # type: ignore[arg-type]
-            tuple(ch.zones), tuple(ch.zones_entered), self._snaps.get(ch.event_id),
-            ch.end_reason)
+            ch.stationary, unit(ch.top_score), unit_box(ch.best_box), tuple(ch.zones),
+            tuple(ch.zones_entered), self._snaps.get(ch.event_id), ch.end_reason)
 
     def _emit(self, ch: Change, ts_ns: int) -> None:
         msg = self._message(ch, ts_ns)

@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edged.api.messages import SnapMessage
+from edged.api.messages import SnapMessage, unit, unit_box
 from edged.pipeline.stage import StageThread
 
 logger = logging.getLogger(__name__)
@@ -130,11 +130,12 @@ class SnapshotWriter(StageThread):
                 self._retain()
                 next_retention = time.monotonic() + RETENTION_EVERY_S
 
-    def _encode(self, req: Request, crop: bool) -> np.ndarray | None:
-        """The picture as JPEG bytes (None: OpenCV could not encode it)."""
+    def _encode(self, req: Request,
+                region: tuple[int, int, int, int]) -> np.ndarray | None:
+        """The ``region`` of the frame as JPEG bytes (None: OpenCV could not encode it)."""
         h, w = req.image.shape[:2]
         x1, y1, x2, y2 = req.box
-        left, top, right, bottom = crop_region(req.box, w, h) if crop else (0, 0, w, h)
+        left, top, right, bottom = region
         # the box is drawn on our copy, never on a frame in use
         image = req.image[top:bottom, left:right].copy()
         p1 = (round(x1 * w) - left, round(y1 * h) - top)
@@ -149,19 +150,18 @@ class SnapshotWriter(StageThread):
 
     def _write(self, req: Request) -> None:
         crop = self.crop
-        jpeg = self._encode(req, crop)
+        h, w = req.image.shape[:2]
+        region = crop_region(req.box, w, h) if crop else (0, 0, w, h)
+        jpeg = self._encode(req, region)
         saved = self._save(req, jpeg) if self.directory is not None else None
         if jpeg is None or self._publish is None:
             return
-        h, w = req.image.shape[:2]
-        region = crop_region(req.box, w, h) if crop else (0, 0, w, h)
         seq = self._seqs.get(req.camera, 0)
         self._seqs[req.camera] = seq + 1
         self._publish(SnapMessage(
-            req.camera, seq, req.event_id, req.label, round(min(max(req.score, 0.0), 1.0), 4),
-            req.ts_ns,
-            tuple(round(min(max(v, 0.0), 1.0), 4) for v in req.box),  # type: ignore[arg-type]
-            crop, region[2] - region[0], region[3] - region[1], saved, jpeg=jpeg.tobytes()))
+            req.camera, seq, req.event_id, req.label, unit(req.score), req.ts_ns,
+            unit_box(req.box), crop, region[2] - region[0], region[3] - region[1], saved,
+            jpeg=jpeg.tobytes()))
 
     def _save(self, req: Request, jpeg: np.ndarray | None) -> str | None:
         """Write the file; its name below the directory, or None (the state says why)."""
