@@ -10,6 +10,7 @@ import itertools
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ import zmq
 from edged.api.messages import (
     Detection,
     DetMessage,
+    EventMessage,
     FrameSize,
     Latency,
     Percentiles,
@@ -337,6 +339,52 @@ def test_a_full_queue_drops_the_oldest_message_and_counts_it(
         release.set()
         assert _recv_dets(sub, QUEUE_SIZE) == list(range(extra, QUEUE_SIZE + extra))
         assert pub.dropped == extra
+    finally:
+        release.set()
+        pub.stop()
+        assert pub.join(DEADLINE_S)
+
+
+def test_a_full_queue_drops_detections_before_an_event(
+        zctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    """One event message among a frame-rate stream of dets: when the publisher falls behind,
+    the dets go (a newer frame follows), the event stays."""
+    ep = f"tcp://127.0.0.1:{free_port()}"
+    hold, held, release = threading.Event(), threading.Event(), threading.Event()
+
+    def status() -> list[StatusMessage]:  # runs in the publisher's thread: a seam to stall it
+        if hold.is_set():
+            held.set()
+            release.wait(DEADLINE_S)
+        return [_status()]
+
+    pub = Publisher(PublishConfig(endpoints=(ep,), status_interval_s=0.05), status)
+    pub.bind()
+    pub.start()
+    try:
+        sub = _subscriber(zctx, ep)
+        _wait_status(sub)
+        hold.set()
+        assert held.wait(DEADLINE_S)
+        event = EventMessage("cam", 0, "start", "e1", "bird", 1, 1, None, 0.0, False, 0.5,
+                             (0.1, 0.1, 0.2, 0.2), (), (), None, None)
+        pub.submit(_det(0))
+        pub.submit(event)
+        extra = 3 * QUEUE_SIZE
+        for seq in range(1, QUEUE_SIZE + extra - 1):  # QUEUE_SIZE + extra messages in all
+            pub.submit(_det(seq))
+        assert pub.dropped == extra
+        hold.clear()
+        release.set()
+        got: list[Any] = []
+        deadline = time.monotonic() + DEADLINE_S
+        while len([m for m in got if isinstance(m, DetMessage)]) < QUEUE_SIZE - 1:
+            assert sub.poll(max(int((deadline - time.monotonic()) * 1000), 1)), got
+            msg = decode(sub.recv_multipart()[1])
+            if not isinstance(msg, StatusMessage):
+                got.append(msg)
+        assert got[0] == event  # the oldest message left, and first out
+        assert [m.seq for m in got[1:]] == list(range(extra, QUEUE_SIZE + extra - 1))
     finally:
         release.set()
         pub.stop()

@@ -7,6 +7,7 @@ blocks: at SNDHWM ZeroMQ drops messages for the slow subscriber only.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import errno
@@ -26,7 +27,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
-from edged.api.messages import Message, SnapMessage, encode
+from edged.api.messages import DetMessage, Message, SnapMessage, encode
 from edged.config import CurveConfig, PublishConfig
 from edged.errors import ConfigError, EdgedError, first_line
 from edged.pipeline.stage import StageThread
@@ -157,6 +158,44 @@ def _check_ipc_path(path: str, where: str) -> None:
                        "running?); stop it or choose another path")
 
 
+class _DropQueue:
+    """The publisher's bounded queue: `put` never blocks; when full it makes room by dropping
+    the oldest det message (there is a newer frame), else the oldest message. An event, count
+    or snap message (one per change, not per frame) is thus only lost when ``size`` of them
+    wait at once."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._items: collections.deque[Message] = collections.deque()
+        self._cond = threading.Condition()
+
+    def put(self, message: Message) -> bool:
+        """False: a message was dropped to make room."""
+        with self._cond:
+            q = self._items
+            room = len(q) < self._size
+            if not room:
+                for i, m in enumerate(q):
+                    if isinstance(m, DetMessage):
+                        del q[i]
+                        break
+                else:
+                    q.popleft()
+            q.append(message)
+            self._cond.notify()
+            return room
+
+    def get(self, timeout: float) -> Message:
+        """The oldest message; queue.Empty after ``timeout`` seconds without one."""
+        with self._cond:
+            if not self._items and not self._cond.wait_for(lambda: bool(self._items), timeout):
+                raise queue.Empty
+            return self._items.popleft()
+
+    def empty(self) -> bool:
+        return not self._items
+
+
 class Publisher(StageThread):
     def __init__(self, cfg: PublishConfig,
                  status_fn: Callable[[], Sequence[Message]]) -> None:
@@ -168,7 +207,7 @@ class Publisher(StageThread):
         super().__init__("edged-publish", daemon=True)
         self.cfg = cfg
         self._status_fn = status_fn
-        self._queue: queue.Queue[Message] = queue.Queue(QUEUE_SIZE)
+        self._queue = _DropQueue(QUEUE_SIZE)
         self._status_queue: queue.SimpleQueue[Sequence[Message]] = queue.SimpleQueue()
         self._status_seqs: dict[str, int] = {}  # topic -> the next status seq
         self._ctx = zmq.Context()
@@ -183,6 +222,9 @@ class Publisher(StageThread):
         self.dropped = 0  # messages we dropped: queue full, or not encodable (below)
         self.unencodable = 0  # messages JSON cannot carry (NaN from a broken model)
         self.loop_mono = time.monotonic()  # each turn of the loop (the watchdog checks it)
+        # Also given every message sent, on this thread (the MQTT bridge's offer: never
+        # blocks). Replaced whole, never mutated: another thread swaps it on a reload.
+        self.taps: tuple[Callable[[Message], None], ...] = ()
 
     # --- setup, in the caller's thread before start() --------------------------------------
     def bind(self) -> None:
@@ -406,17 +448,10 @@ class Publisher(StageThread):
     # --- producer side (any thread) ---------------------------------------------------------
     def submit(self, message: Message) -> None:
         """Queue a det, event, count or snap message; never blocks. When full, the oldest
-        queued one is dropped (events are also in the event history)."""
-        while True:
-            try:
-                self._queue.put_nowait(message)
-                return
-            except queue.Full:
-                try:
-                    self._queue.get_nowait()
-                    self.dropped += 1
-                except queue.Empty:
-                    pass
+        queued det message is dropped (a newer frame's follows), or, with none queued, the
+        oldest message (events are also in the event history)."""
+        if not self._queue.put(message):
+            self.dropped += 1
 
     def send_status(self, messages: Sequence[Message]) -> None:
         """Publish these status snapshots (taken at a state change) as soon as possible."""
@@ -441,6 +476,8 @@ class Publisher(StageThread):
                 logger.error("dropping a message that cannot be encoded (%s); further ones are "
                              "only counted (status: publish_dropped)", first_line(e))
             return
+        for tap in self.taps:  # the MQTT bridge: an append to its queue
+            tap(message)
         frames = [message.topic.encode(), payload]
         if isinstance(message, SnapMessage):
             frames.append(message.jpeg)  # the picture, as a third frame (not in the JSON)
