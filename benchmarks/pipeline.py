@@ -78,12 +78,13 @@ class Run:
     """`edged run` with a generated config, and a SUB socket counting its det messages."""
 
     def __init__(self, tmp: Path, threads: int, realtime: bool,
-                 publish: dict[str, Any] | None = None) -> None:
+                 publish: dict[str, Any] | None = None, **sections: Any) -> None:
+        """``sections``: more config sections (events, mqtt)."""
         self.port = free_port()
         cfg = {"camera": {"name": "bench", "source": str(SAMPLE_CLIP), "realtime": realtime},
                "inference": {"threads": threads, "delegate": "cpu"},
                "publish": {"endpoints": [f"tcp://127.0.0.1:{self.port}"], **(publish or {})},
-               "log_level": "warning"}
+               "log_level": "warning", **sections}
         path = tmp / f"bench-{self.port}.yaml"
         path.write_text(yaml.safe_dump(cfg))
         self.proc = subprocess.Popen([sys.executable, "-m", "edged", "run", "--config",

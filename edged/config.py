@@ -367,6 +367,67 @@ class PublishConfig:
                                         "endpoints (null: off)")
 
 
+def _topic(v: Any) -> str:
+    t = TEXT(v)
+    if not t or any(c in t for c in "+#\0") or t.startswith("/") or t.endswith("/") or \
+            len(t.encode()) > 1024:
+        raise Invalid(f"expected an MQTT topic without +, #, or a leading or trailing /, "
+                      f"got {show(v)}")
+    return t
+
+
+QOS = Int(0, 2)
+
+
+@dataclass(frozen=True)
+class MqttQos:
+    events: int = setting(1, "QoS of event messages (delivered from the event history after "
+                          "an outage)", QOS)
+    counts: int = setting(1, "QoS of the retained occupancy counts", QOS)
+    snapshots: int = setting(0, "QoS of the retained snapshot JPEGs", QOS)
+    status: int = setting(0, "QoS of status messages", QOS)
+    detections: int = setting(0, "QoS of per-frame detections (`mqtt.detections`)", QOS)
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    enabled: bool = setting(False, "Publish events, counts, snapshots and status to an MQTT "
+                            "broker, with Home Assistant discovery (needs the `mqtt` extra: "
+                            "paho-mqtt)")
+    host: str = setting("localhost", "Broker host name or address", TEXT)
+    port: int = setting(1883, "Broker port (8883 is usual with TLS)", Int(1, 65535))
+    username: str | None = setting(None, "User name (null: anonymous)", TEXT)
+    password_file: Path | None = setting(None, "File whose first line is the password (read "
+                                         "at start and reload, never logged)", TEXT)
+    tls: bool = setting(False, "Connect with TLS, verifying the broker against the system's "
+                        "CAs or `tls_ca_file`")
+    tls_ca_file: Path | None = setting(None, "CA certificate(s) of the broker (PEM); implies "
+                                       "`tls`", TEXT)
+    tls_cert_file: Path | None = setting(None, "Client certificate (PEM), with "
+                                         "`tls_key_file`, for brokers that require one", TEXT)
+    tls_key_file: Path | None = setting(None, "Client private key (PEM)", TEXT)
+    node: str | None = setting(None, "This board's name in topics and in Home Assistant "
+                               "(null: the host name)", _name)
+    client_id: str | None = setting(None, "MQTT client id (null: `edged-<node>`)", TEXT)
+    base_topic: str | None = setting(None, "Topic prefix (null: `edged/<node>`)", _topic)
+    keepalive_s: int = setting(30, "Seconds between keepalives; the broker declares edged "
+                               "gone (and publishes `offline`) after 1.5 times this",
+                               Int(5, 3600))
+    qos: MqttQos = setting(factory=MqttQos)
+    status_interval_s: float = setting(30.0, "Seconds between status messages on MQTT (one "
+                                       "is also sent at every state change)", Num(1.0, 86400.0))
+    detections: bool = setting(False, "Also publish per-frame detections "
+                               "(`<base>/<camera>/detections`), rate-limited")
+    detections_max_hz: float = setting(1.0, "At most this many detection messages per second "
+                                       "and camera", Num(0.0, 100.0, lo_open=True))
+    discovery: bool = setting(True, "Announce entities to Home Assistant (MQTT discovery)")
+    discovery_prefix: str = setting("homeassistant", "Home Assistant's discovery prefix",
+                                    _topic)
+    discovery_labels: tuple[str, ...] | None = setting(
+        None, "Labels that get Home Assistant entities on every camera (null: each camera's "
+        "`detection.classes`, its zones' labels and `events.labels`)", _labels)
+
+
 @dataclass(frozen=True)
 class Config:
     camera: CameraConfig = setting(factory=CameraConfig, doc="One camera: the shorthand for a "
@@ -381,6 +442,7 @@ class Config:
     detection: DetectionConfig = setting(factory=DetectionConfig)
     events: EventsConfig = setting(factory=EventsConfig)
     publish: PublishConfig = setting(factory=PublishConfig)
+    mqtt: MqttConfig = setting(factory=MqttConfig)
     log_level: str = setting("info", "Log level", OneOf(("debug", "info", "warning", "error"),
                                                          TEXT))
     source: str = setting("<built-in default>", key=False)  # where it was loaded from
@@ -399,6 +461,15 @@ class Config:
             own["class_thresholds"] = {**self.detection.class_thresholds,
                                        **own["class_thresholds"]}
         return dataclasses.replace(self.detection, **own)
+
+
+def watched_labels(cfg: Config, cam: CameraConfig) -> tuple[str, ...]:
+    """The labels a camera watches: its ``detection.classes``, its zones' labels and
+    ``events.labels``, in that order (its occupancy lists them from the start; MQTT discovery
+    announces them)."""
+    classes = cfg.detection_for(cam).classes or ()
+    in_zones = sorted({str(lb) for z in cam.zones.values() for lb in z["labels"] or ()})
+    return tuple(dict.fromkeys([*classes, *in_zones, *cfg.events.labels]))
 
 
 def _detection_overrides(v: Any) -> dict[str, Any]:
@@ -501,7 +572,20 @@ def _cross(cfg: Config, r: Reader, listed: bool = False) -> Config:
         keys = curve.authorized_keys_dir
         if keys is not None and not keys.is_dir():
             raise r.fail("publish.curve.authorized_keys_dir", f"directory {keys} not found")
+    _cross_mqtt(cfg.mqtt, labels, r)
     return dataclasses.replace(cfg, detection=detection, cameras=cameras)
+
+
+def _cross_mqtt(m: MqttConfig, labels: tuple[str, ...], r: Reader) -> None:
+    for key in ("password_file", "tls_ca_file", "tls_cert_file", "tls_key_file"):
+        path = getattr(m, key)
+        if path is not None and not path.is_file():
+            raise r.fail(f"mqtt.{key}", f"file {path} not found")
+    if (m.tls_cert_file is None) != (m.tls_key_file is None):
+        raise r.fail("mqtt.tls_cert_file", "set both tls_cert_file and tls_key_file, or neither")
+    for i, label in enumerate(m.discovery_labels or ()):
+        if label not in labels:
+            raise r.fail(f"mqtt.discovery_labels[{i}]", _unknown(label, labels))
 
 
 Det = Any  # DetectionConfig, or a camera's overrides of it (a mapping)

@@ -223,13 +223,13 @@ def _layer(events: dict[str, Any], camera: dict[str, Any], out: list[Any],
            numbering: Any = None) -> Any:
     """A camera's event layer built from config as the daemon builds it (parsed and checked
     against the shipped model's labels)."""
-    from edged.config import parse_config
+    from edged.config import parse_config, watched_labels
     from edged.pipeline.events import CameraEvents
 
     cfg = parse_config({"events": events, "camera": {"name": "roof", **camera}})
     cam = cfg.cameras[0]
     return CameraEvents("roof", cfg.events, cam, out.append, None, None, numbering,
-                        classes=cfg.detection_for(cam).classes or ())
+                        classes=watched_labels(cfg, cam))
 
 
 def _frames(layer: Any, start: int, n: int, boxes: list[tuple[int, list[float]]]) -> None:

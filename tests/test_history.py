@@ -650,3 +650,55 @@ def test_cli_errors_are_one_line(history_db: Path, tmp_path: Path) -> None:
     assert proc.returncode == EXIT_RUNTIME and "not a database" in one_line_error(proc)
     proc = run_edged("events", "--db", str(history_db), "--since", "last tuesday")
     assert proc.returncode == EXIT_USAGE and "--since" in one_line_error(proc)
+
+
+def test_two_writers_opening_a_new_history_at_once_both_succeed(tmp_path: Path) -> None:
+    """The event store and the MQTT bridge open the same new file at start, each on its own
+    thread: one creates the layout, the other finds it (it once failed with 'table events
+    already exists' or 'a database, but not an edged event history')."""
+    for i in range(30):
+        path = tmp_path / f"h{i}.db"
+        barrier = threading.Barrier(2)
+        errors: list[BaseException] = []
+
+        def open_it(path: Path = path, barrier: threading.Barrier = barrier,
+                    errors: list[BaseException] = errors) -> None:
+            barrier.wait()
+            try:
+                open_history(path).close()
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=open_it) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert errors == [], (i, errors)
+
+
+def test_the_outbox_keeps_every_message_in_order_until_delivered(tmp_path: Path) -> None:
+    """What the MQTT bridge delivers from: each recorded message (not the heartbeat's), the
+    crash ends, in order; delivered ones go."""
+    from edged.api.history import delivered, mark_delivered, outbox_after
+
+    conn = open_history(tmp_path / "h.db")
+    try:
+        msgs = [event("a", "start", 1, 1), event("a", "update", 2, 1), event("b", "start", 3, 3)]
+        with conn:
+            for m in msgs:
+                record(conn, m, outbox=True)
+            record(conn, event("a", "update", 4, 1))  # not for the outbox
+        rows = outbox_after(conn, 0, 10)
+        assert [json.loads(p)["ts_ns"] for _, _, p in rows] == [1, 2, 3]
+        assert close_orphans(conn, "crash", 10, outbox=True) == 2
+        rows = outbox_after(conn, 0, 10)
+        ends = sorted((json.loads(p) for _, _, p in rows[3:]), key=lambda m: m["id"])
+        # ended at their last sighting (the latest recorded state, the heartbeat's too)
+        assert [(m["id"], m["phase"], m["end_reason"], m["end_ts_ns"]) for m in ends] == \
+            [("a", "end", "crash", 4), ("b", "end", "crash", 3)]
+        mark_delivered(conn, "mqtt", rows[1][0])
+        assert delivered(conn, "mqtt") == rows[1][0]
+        assert [s for s, _, _ in outbox_after(conn, 0, 10)] == [s for s, _, _ in rows[2:]]
+    finally:
+        conn.close()

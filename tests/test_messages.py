@@ -61,7 +61,7 @@ SNAP = SnapMessage("roof", 2, "1763800000123456789-3f2a-4", "bird", 0.91,
 PROCESS = ProcessStatus(
     4, "running", 1_763_800_001_000_000_000, 17.0, "yolov3-tiny-416", "vx", None,
     "tflite_runtime", 0.62, 34.8, 590, {"roof": "running", "roof2": "source_down"}, "ok",
-    None, 0, ("tcp://127.0.0.1:5556",), None)
+    None, "connected to broker.lan:1883", 0, ("tcp://127.0.0.1:5556",), None)
 
 
 def test_schema_file_is_generated_from_the_declarations() -> None:

@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import sqlite3
+import time
 import types
 import urllib.parse
 from collections.abc import Iterable, Iterator
@@ -28,7 +29,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, Union, get_args, get_origin, get_type_hints
 
-from edged.api.messages import EventMessage
+from edged.api.messages import EventMessage, encode
 from edged.errors import EdgedError, UsageError, first_line
 
 # systemd's StateDirectory=edged; the one place this path is written down.
@@ -41,6 +42,17 @@ KEY = ("camera", "id")
 # Describe one message, not the event: not stored.
 _NOT_STORED = frozenset({"seq", "phase"})
 NS = 1_000_000_000
+LOCKED_RETRY_S = 5.0  # as the connections' busy timeout
+
+# What the MQTT bridge has still to deliver (only written while it is on): every event message
+# in order, as its JSON, so a broker outage or a restart in between loses none. ``delivered``
+# holds how far a consumer got. Added to any history on open: not a layout change.
+OUTBOX = "outbox"
+DELIVERED = "delivered"
+_OUTBOX_SQL = (
+    f"CREATE TABLE IF NOT EXISTS {OUTBOX} (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+    "camera TEXT NOT NULL, ts_ns INTEGER NOT NULL, payload TEXT NOT NULL)",
+    f"CREATE TABLE IF NOT EXISTS {DELIVERED} (name TEXT PRIMARY KEY, seq INTEGER NOT NULL)")
 
 EventRecord = dict[str, Any]  # column -> value, tuples as lists (what to_wire gives)
 Bucket = Literal["hour", "day"]
@@ -155,6 +167,23 @@ def open_history(path: Path | str, readonly: bool = False) -> sqlite3.Connection
 
 
 def _prepare(conn: sqlite3.Connection, path: Path, readonly: bool) -> None:
+    """Check the layout, creating or extending it unless ``readonly``. Another writer setting
+    up the same new file (the event store and the MQTT bridge at start) can make SQLite
+    answer "locked" at once, without its busy wait (switching to WAL): tried again for up to
+    LOCKED_RETRY_S."""
+    deadline = time.monotonic() + LOCKED_RETRY_S
+    while True:
+        try:
+            return _prepare_once(conn, path, readonly)
+        except HistoryError as e:
+            cause = e.__cause__
+            if not (isinstance(cause, sqlite3.OperationalError) and "locked" in str(cause)) \
+                    or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)  # SQLite gives nothing to wait on here
+
+
+def _prepare_once(conn: sqlite3.Connection, path: Path, readonly: bool) -> None:
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > HISTORY_VERSION:
@@ -169,6 +198,10 @@ def _prepare(conn: sqlite3.Connection, path: Path, readonly: bool) -> None:
             raise HistoryError(f"event history {path}: cannot use WAL (journal mode {mode})")
         conn.execute("PRAGMA synchronous=NORMAL")
         with conn:
+            # Two writers may open a new file at once (the event store and the MQTT bridge):
+            # the layout is read again under the write lock, so only one of them creates it.
+            conn.execute("BEGIN IMMEDIATE")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
                 if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
                     raise HistoryError(f"event history {path}: a database, but not an edged "
@@ -183,6 +216,8 @@ def _prepare(conn: sqlite3.Connection, path: Path, readonly: bool) -> None:
                 for c in COLUMNS:
                     if c.name not in have:
                         conn.execute(f"ALTER TABLE {TABLE} ADD COLUMN {_q(c.name)} {c.sql}")
+            for sql in _OUTBOX_SQL:
+                conn.execute(sql)
     except sqlite3.Error as e:
         raise _where(path, e) from e
 
@@ -195,21 +230,69 @@ def _value(c: Column, v: Any) -> Any:
     return v
 
 
-def record(conn: sqlite3.Connection, msg: EventMessage) -> None:
+def record(conn: sqlite3.Connection, msg: EventMessage, outbox: bool = False) -> None:
     """Upsert ``msg`` as its event's latest state, in the caller's transaction (``with conn:``
-    commits it; the store writes a batch per transaction). sqlite3.Error on failure."""
+    commits it; the store writes a batch per transaction); ``outbox``: also queue the message
+    for the MQTT bridge. sqlite3.Error on failure."""
     conn.execute(_UPSERT, tuple(_value(c, getattr(msg, c.name)) for c in COLUMNS))
+    if outbox:
+        conn.execute(f"INSERT INTO {OUTBOX} (camera, ts_ns, payload) VALUES (?, ?, ?)",
+                     (msg.camera, msg.ts_ns, encode(msg).decode()))
 
 
-def close_orphans(conn: sqlite3.Connection, reason: str, ts_ns: int) -> int:
+def close_orphans(conn: sqlite3.Connection, reason: str, ts_ns: int,
+                  outbox: bool = False) -> int:
     """End every event still open and last seen at or before ``ts_ns``: ``end_reason`` is
     ``reason``, ``end_ts_ns`` its last sighting (``ts_ns`` of its latest message, so
-    ``duration_s`` stays right). Returns how many; committed."""
+    ``duration_s`` stays right). ``outbox``: queue their end messages (seq 0: no process
+    numbered them) for the MQTT bridge. Returns how many; committed."""
     with conn:
+        ends = [dataclasses.replace(_message(r), phase="end", seq=0, end_ts_ns=r["ts_ns"],
+                                    end_reason=reason)
+                for r in _select(conn, "WHERE end_ts_ns IS NULL AND ts_ns <= ?", (ts_ns,))] \
+            if outbox else []
         cur = conn.execute(
             f"UPDATE {TABLE} SET end_ts_ns = ts_ns, end_reason = ? "
             "WHERE end_ts_ns IS NULL AND ts_ns <= ?", (reason, ts_ns))
+        for msg in ends:
+            conn.execute(f"INSERT INTO {OUTBOX} (camera, ts_ns, payload) VALUES (?, ?, ?)",
+                         (msg.camera, msg.ts_ns, encode(msg).decode()))
     return cur.rowcount
+
+
+def _select(conn: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> list[EventRecord]:
+    cur = conn.cursor()
+    cur.row_factory = sqlite3.Row
+    return [_row(r) for r in cur.execute(f"SELECT * FROM {TABLE} {where}", args)]
+
+
+def _message(row: EventRecord) -> EventMessage:
+    """The event message a stored row is the latest state of (phase and seq to be set)."""
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v
+                              for k, v in row.items()}
+    return EventMessage(phase="update", seq=0, **fields)
+
+
+def outbox_after(conn: sqlite3.Connection, seq: int, limit: int) -> list[tuple[int, str, bytes]]:
+    """Up to ``limit`` queued event messages after ``seq``, oldest first: (seq, camera,
+    JSON payload)."""
+    return [(s, cam, payload.encode()) for s, cam, payload in conn.execute(
+        f"SELECT seq, camera, payload FROM {OUTBOX} WHERE seq > ? ORDER BY seq LIMIT ?",
+        (seq, limit))]
+
+
+def delivered(conn: sqlite3.Connection, name: str) -> int:
+    """How far ``name`` got in the outbox (0: nowhere yet)."""
+    row = conn.execute(f"SELECT seq FROM {DELIVERED} WHERE name = ?", (name,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def mark_delivered(conn: sqlite3.Connection, name: str, seq: int) -> None:
+    """``name`` has everything up to ``seq``: remember it and drop those messages; committed."""
+    with conn:
+        conn.execute(f"INSERT INTO {DELIVERED} (name, seq) VALUES (?, ?) ON CONFLICT (name) "
+                     "DO UPDATE SET seq = max(seq, excluded.seq)", (name, seq))
+        conn.execute(f"DELETE FROM {OUTBOX} WHERE seq <= ?", (seq,))
 
 
 def prune(conn: sqlite3.Connection, older_than_ts_ns: int) -> int:
@@ -218,6 +301,8 @@ def prune(conn: sqlite3.Connection, older_than_ts_ns: int) -> int:
     with conn:
         cur = conn.execute(f"DELETE FROM {TABLE} WHERE end_ts_ns IS NOT NULL AND "
                            "end_ts_ns < ?", (older_than_ts_ns,))
+        # undelivered as long as the events are kept, no longer
+        conn.execute(f"DELETE FROM {OUTBOX} WHERE ts_ns < ?", (older_than_ts_ns,))
     return cur.rowcount
 
 

@@ -307,6 +307,8 @@ class ProcessStatus(Envelope):
                                    "written to it now; null: no history configured")
     snapshots: str | None = describe("event snapshots: ok, or why they are not being written "
                                      "now; null: no snapshot directory configured")
+    mqtt: str | None = describe("the MQTT bridge: connected to HOST:PORT, or what it is trying "
+                                "and why (disconnected, refused); null: MQTT is off")
     publish_dropped: int = _status("publish_dropped")
     endpoints: tuple[str, ...] = _status("endpoints")
     reload: ReloadStatus | None = _status("reload")

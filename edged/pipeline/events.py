@@ -72,7 +72,7 @@ class CameraEvents:
                  snapshots: SnapshotWriter | None, numbering: Numbering | None = None,
                  classes: Sequence[str] = ()) -> None:
         """``numbering``: the camera's (shared with the layer a reload replaces);
-        ``classes``: the labels the camera detects (its ``detection.classes``), counted from
+        ``classes``: the labels the camera watches (edged.config.watched_labels), counted from
         the start (0 until one is seen)."""
         self.camera = camera
         self.settings = settings_of(events, cam)
@@ -86,8 +86,7 @@ class CameraEvents:
         self.numbering = numbering or Numbering()
         # Occupancy: these labels are always listed (0 or more); a label is added on its
         # first event. Each zone lists its own labels, or all of these.
-        in_zones = sorted({str(lb) for z in zones for lb in z.labels or ()})
-        self._watched: dict[str, None] = dict.fromkeys([*classes, *in_zones, *events.labels])
+        self._watched: dict[str, None] = dict.fromkeys(classes)
         self._zone_labels = {z.name: z.labels for z in zones}
         self.occupancy = self._occupancy({})
         self._snaps: dict[str, str] = {}  # event id -> its snapshot's file name
@@ -128,7 +127,7 @@ class CameraEvents:
                 # then. Its current state goes to the history (not to subscribers) now and then.
                 self._heartbeat_mono = mono
                 for ch in self.tracker.open_events():
-                    self._store.submit(self._message(ch, frame.ts_ns))
+                    self._store.submit(self._message(ch, frame.ts_ns), history_only=True)
 
     def close_all(self, ts_ns: int, reason: str) -> int:
         """End every open event (shutdown, camera removed, settings reloaded); later frames

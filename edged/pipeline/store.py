@@ -29,6 +29,7 @@ whatever still fails at stop.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import sqlite3
 import threading
@@ -52,6 +53,12 @@ OK = "ok"
 Opener = Callable[[Path], sqlite3.Connection]
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class HistoryOnly(EventMessage):
+    """An open event's current state for the history alone (the event layer's heartbeat):
+    subscribers never saw it, so it never goes to the MQTT outbox either."""
+
+
 class EventStore(StageThread):
     """Writes event messages to the history at ``path``; see the module doc for the policies.
 
@@ -62,7 +69,8 @@ class EventStore(StageThread):
     def __init__(self, path: Path, retention_days: float | None = 30.0,
                  queue_size: int = QUEUE_SIZE, prune_interval_s: float = PRUNE_INTERVAL_S,
                  retry_s: float = RETRY_S, opener: Opener = open_history,
-                 clock_ns: Callable[[], int] = time.time_ns) -> None:
+                 clock_ns: Callable[[], int] = time.time_ns, outbox: bool = False,
+                 on_commit: Callable[[], None] | None = None) -> None:
         # A daemon thread: a write stuck on a dying disk must not hold the process past a
         # bounded stop (the daemon joins it with a timeout; what was committed stays).
         super().__init__("edged-event-store", daemon=True)
@@ -75,6 +83,10 @@ class EventStore(StageThread):
         self._retry_s = retry_s
         self._opener = opener
         self._clock = clock_ns
+        # Also queue each message for the MQTT bridge (history.OUTBOX), and tell it after each
+        # commit; a reload that turns MQTT on or off sets both (read once per transaction).
+        self.outbox = outbox
+        self.on_commit = on_commit
         self._cond = threading.Condition()
         self._queue: collections.deque[EventMessage] = collections.deque()
         self._in_flight = 0
@@ -97,9 +109,12 @@ class EventStore(StageThread):
         with self._cond:
             return len(self._queue)
 
-    def submit(self, msg: EventMessage) -> None:
+    def submit(self, msg: EventMessage, history_only: bool = False) -> None:
         """Queue ``msg`` for writing; never blocks on the disk (the lock is held for an append,
-        or a scan of the queue when it is full)."""
+        or a scan of the queue when it is full). ``history_only``: a message nobody was sent
+        (kept out of the outbox)."""
+        if history_only:
+            msg = HistoryOnly(**{f.name: getattr(msg, f.name) for f in dataclasses.fields(msg)})
         with self._cond:
             q = self._queue
             if len(q) >= self._size and not self._drop_oldest_update(msg):
@@ -167,7 +182,9 @@ class EventStore(StageThread):
             self._failed(e)
             return None
         try:
-            self.crash_closed += close_orphans(conn, "crash", self._clock())
+            self.crash_closed += close_orphans(conn, "crash", self._clock(), self.outbox)
+            if self.crash_closed and self.on_commit is not None:
+                self.on_commit()
             if self.crash_closed:
                 logger.warning("event history: %d events left open by a crash, closed",
                                self.crash_closed)
@@ -194,7 +211,7 @@ class EventStore(StageThread):
         try:
             with conn:
                 for msg in batch:
-                    record(conn, msg)
+                    record(conn, msg, self.outbox and not isinstance(msg, HistoryOnly))
         except sqlite3.OperationalError as e:
             self._failed(e)
             return False
@@ -204,6 +221,8 @@ class EventStore(StageThread):
         else:
             self.written += len(batch)
             self._set_state(OK)
+            if self.on_commit is not None:
+                self.on_commit()
         return True
 
     def _write(self, conn: sqlite3.Connection, batch: list[EventMessage]) -> list[EventMessage]:
@@ -283,7 +302,8 @@ class EventStore(StageThread):
                     break
             if conn is not None:
                 try:
-                    self.shutdown_closed = close_orphans(conn, "shutdown", self._clock())
+                    self.shutdown_closed = close_orphans(conn, "shutdown", self._clock(),
+                                                         self.outbox)
                 except sqlite3.Error as e:
                     self._failed(e)
         finally:

@@ -28,13 +28,14 @@ from edged.api.messages import (
     SourceStatus,
     StatusMessage,
 )
-from edged.config import CameraConfig, Config, default_config, load_config
+from edged.config import CameraConfig, Config, default_config, load_config, watched_labels
 from edged.engine.engine import Engine, EngineConfig, open_engine
 from edged.engine.probe import ProbeCancelled
-from edged.errors import EXIT_OK, EXIT_RUNTIME, EdgedError
+from edged.errors import EXIT_OK, EXIT_RUNTIME, ConfigError, EdgedError
 from edged.pipeline.camera import Camera
 from edged.pipeline.capture import shown
 from edged.pipeline.events import CameraEvents, Numbering, settings_of
+from edged.pipeline.mqtt import MqttBridge, camera_specs
 from edged.pipeline.publish import Publisher, PublishError
 from edged.pipeline.snapshots import SnapshotWriter
 from edged.pipeline.stats import PipelineStats
@@ -164,6 +165,7 @@ class Service:
         self.worker: InferenceWorker | None = None
         self.store: EventStore | None = None  # the event history (None: not configured)
         self.snapshots: SnapshotWriter | None = None
+        self.mqtt: MqttBridge | None = None  # mqtt.enabled
         # Each camera's event and count seqs, by name: across reloads, a camera removed and
         # added back included (as det seqs are kept by the worker).
         self._numbering: dict[str, Numbering] = {}
@@ -256,6 +258,7 @@ class Service:
             history=self.store.state if self.store else None,
             snapshots=self.snapshots.state if self.snapshots and self.snapshots.directory
             else None,
+            mqtt=self.mqtt.state if self.mqtt is not None else None,
             publish_dropped=self.publisher.dropped if self.publisher else 0,
             endpoints=self.publisher.bound if self.publisher else (),
             reload=self._reload_info)
@@ -282,6 +285,25 @@ class Service:
             reload=self._reload_info)
 
     # --- lifecycle --------------------------------------------------------------------------
+    def _history(self) -> Path | None:
+        """The event history file: configured, or under systemd's StateDirectory=."""
+        ev = self.cfg.events
+        state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+        return (ev.history or (Path(state) / DEFAULT_DB.name if state else None)) \
+            if ev.enabled else None
+
+    def _start_mqtt(self, cfg: Config) -> MqttBridge | None:
+        """The MQTT bridge for ``cfg`` (None: off), started and tapping the publisher.
+        ConfigError: paho missing, the password or TLS files unusable."""
+        if not cfg.mqtt.enabled:
+            return None
+        assert self.publisher is not None
+        bridge = MqttBridge(cfg.mqtt, camera_specs(cfg), self._history())
+        bridge.prepare()
+        bridge.start()
+        self.publisher.taps = (bridge.offer,)
+        return bridge
+
     def _start_events(self) -> None:
         """The event history and snapshot writer (where configured, or under systemd's
         StateDirectory=), and each camera's event layer."""
@@ -289,10 +311,13 @@ class Service:
         if not ev.enabled:
             return
         state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
-        history = ev.history or (Path(state) / DEFAULT_DB.name if state else None)
+        history = self._history()
         snaps = ev.snapshots or (Path(state) / "snapshots" if state else None)
         if history is not None:
-            self.store = EventStore(history, ev.retention_days)
+            # with MQTT on, every event message also waits in the history's outbox until
+            # the broker has it
+            self.store = EventStore(history, ev.retention_days, outbox=self.mqtt is not None,
+                                    on_commit=self.mqtt.wake if self.mqtt else None)
             self.store.start()
         # Published as snap/<camera>/ always; saved where there is a directory.
         self.snapshots = SnapshotWriter(snaps, ev.snapshot_quality, ev.retention_days * 86400,
@@ -315,7 +340,7 @@ class Service:
             return None
         return CameraEvents(cfg.name, new.events, cfg, self.publisher.submit, self.store,
                             self.snapshots, self._numbering.setdefault(cfg.name, Numbering()),
-                            classes=new.detection_for(cfg).classes or ())
+                            classes=watched_labels(new, cfg))
 
     def _lanes(self) -> list[Lane]:
         assert self.engine is not None
@@ -341,6 +366,7 @@ class Service:
         pub.bind()
         self.publisher = pub
         pub.start()
+        self.mqtt = self._start_mqtt(self.cfg)
         self._start_events()
         self._set_state("warming_up")
         self._model_stamp = model_stamp(self.cfg)
@@ -502,6 +528,10 @@ class Service:
         for part in (self.store, self.snapshots):
             if part is not None and not part.join(max(deadline - time.monotonic(), 0.2)):
                 logger.warning("%s did not stop in time", type(part).__name__)
+        if self.mqtt is not None:  # after the history: the last ends are in its outbox
+            self.mqtt.stop()
+            if not self.mqtt.join(max(deadline - time.monotonic(), 0.7)):
+                logger.warning("the MQTT bridge did not stop in time")
         if self.publisher is not None:
             self.publisher.stop()
             if not self.publisher.join(max(deadline - time.monotonic(), 0.2)):
@@ -685,6 +715,8 @@ class Service:
             new = dataclasses.replace(new, events=dataclasses.replace(
                 new.events, **{k: getattr(old.events, k) for k in EVENTS_AT_START}))
         self._apply_cameras(new, engine)
+        new, mqtt_kept = self._apply_mqtt(old, new)
+        kept = "; ".join(k for k in (kept, mqtt_kept) if k) or None
         if self.snapshots is not None:
             self.snapshots.crop = new.events.snapshot_crop  # from the next picture on
         if new.log_level != old.log_level:
@@ -693,6 +725,36 @@ class Service:
         self._log_context()
         logger.info("reload: applied %s%s", new.source, f" ({kept})" if kept else "")
         return kept
+
+    def _apply_mqtt(self, old: Config, new: Config) -> tuple[Config, str | None]:
+        """New MQTT settings: a new bridge (the old one disconnects first); new cameras or
+        labels: announced again. Returns the config applied and what was kept (the running
+        bridge, when the new one cannot be built)."""
+        if new.mqtt == old.mqtt:
+            if self.mqtt is not None and camera_specs(new) != camera_specs(old):
+                self.mqtt.update_cameras(camera_specs(new))
+            return new, None
+        try:
+            bridge = MqttBridge(new.mqtt, camera_specs(new), self._history()) \
+                if new.mqtt.enabled else None
+            if bridge is not None:
+                bridge.prepare()
+        except ConfigError as e:
+            logger.error("reload: mqtt settings rejected, the running ones stay: %s", e)
+            return dataclasses.replace(new, mqtt=old.mqtt), f"mqtt kept: {e}"
+        old_bridge, self.mqtt = self.mqtt, bridge
+        assert self.publisher is not None
+        self.publisher.taps = (bridge.offer,) if bridge is not None else ()
+        if old_bridge is not None:
+            old_bridge.stop()
+            old_bridge.join(1.0)
+        if self.store is not None:
+            self.store.outbox = bridge is not None
+            self.store.on_commit = bridge.wake if bridge is not None else None
+        if bridge is not None:
+            bridge.start()
+        logger.info("reload: mqtt %s", "reconnecting" if bridge else "off")
+        return new, None
 
     def _apply_cameras(self, new: Config, engine: Engine | None) -> None:
         """Cameras by name: a removed one stops, an added one starts, one whose capture
@@ -724,7 +786,7 @@ class Service:
                 if cam.events is not None:
                     started.append(cam.events)
             else:
-                cam.events.watch(new.detection_for(cfg).classes or (), time.time_ns())
+                cam.events.watch(watched_labels(new, cfg), time.time_ns())
             cam.cfg = cfg
             cameras[cfg.name] = cam
         removed = [c for name, c in running.items() if name not in cameras]
