@@ -6,6 +6,7 @@ are for events, with deadlines that only bound a failing test.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
@@ -312,12 +313,15 @@ def _recv_dets(sub: zmq.Socket[bytes], n: int) -> list[int]:
     return seqs
 
 
-def test_a_full_queue_drops_the_oldest_message_and_counts_it(
-        zctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+@contextlib.contextmanager
+def _stalled_publisher(zctx: zmq.Context[zmq.Socket[bytes]]) -> Iterator[
+        tuple[Publisher, zmq.Socket[bytes], threading.Event]]:
+    """A running publisher whose thread is held inside its status callback (a seam to stall
+    it: nothing leaves its queue) until the yielded event is set; and a subscriber."""
     ep = f"tcp://127.0.0.1:{free_port()}"
     hold, held, release = threading.Event(), threading.Event(), threading.Event()
 
-    def status() -> list[StatusMessage]:  # runs in the publisher's thread: a seam to stall it
+    def status() -> list[StatusMessage]:  # runs in the publisher's thread
         if hold.is_set():
             held.set()
             release.wait(DEADLINE_S)
@@ -330,42 +334,32 @@ def test_a_full_queue_drops_the_oldest_message_and_counts_it(
         sub = _subscriber(zctx, ep)
         _wait_status(sub)
         hold.set()
-        assert held.wait(DEADLINE_S)  # the publisher thread is stalled: nothing leaves the queue
+        assert held.wait(DEADLINE_S)  # the publisher thread is stalled
+        yield pub, sub, release
+    finally:
+        hold.clear()
+        release.set()
+        pub.stop()
+        assert pub.join(DEADLINE_S)
+
+
+def test_a_full_queue_drops_the_oldest_message_and_counts_it(
+        zctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    with _stalled_publisher(zctx) as (pub, sub, release):
         extra = 5
         for seq in range(QUEUE_SIZE + extra):
             pub.submit(_det(seq))  # never blocks, even with nobody taking
         assert pub.dropped == extra
-        hold.clear()
         release.set()
         assert _recv_dets(sub, QUEUE_SIZE) == list(range(extra, QUEUE_SIZE + extra))
         assert pub.dropped == extra
-    finally:
-        release.set()
-        pub.stop()
-        assert pub.join(DEADLINE_S)
 
 
 def test_a_full_queue_drops_detections_before_an_event(
         zctx: zmq.Context[zmq.Socket[bytes]]) -> None:
     """One event message among a frame-rate stream of dets: when the publisher falls behind,
     the dets go (a newer frame follows), the event stays."""
-    ep = f"tcp://127.0.0.1:{free_port()}"
-    hold, held, release = threading.Event(), threading.Event(), threading.Event()
-
-    def status() -> list[StatusMessage]:  # runs in the publisher's thread: a seam to stall it
-        if hold.is_set():
-            held.set()
-            release.wait(DEADLINE_S)
-        return [_status()]
-
-    pub = Publisher(PublishConfig(endpoints=(ep,), status_interval_s=0.05), status)
-    pub.bind()
-    pub.start()
-    try:
-        sub = _subscriber(zctx, ep)
-        _wait_status(sub)
-        hold.set()
-        assert held.wait(DEADLINE_S)
+    with _stalled_publisher(zctx) as (pub, sub, release):
         event = EventMessage("cam", 0, "start", "e1", "bird", 1, 1, None, 0.0, False, 0.5,
                              (0.1, 0.1, 0.2, 0.2), (), (), None, None)
         pub.submit(_det(0))
@@ -374,7 +368,6 @@ def test_a_full_queue_drops_detections_before_an_event(
         for seq in range(1, QUEUE_SIZE + extra - 1):  # QUEUE_SIZE + extra messages in all
             pub.submit(_det(seq))
         assert pub.dropped == extra
-        hold.clear()
         release.set()
         got: list[Any] = []
         deadline = time.monotonic() + DEADLINE_S
@@ -385,10 +378,6 @@ def test_a_full_queue_drops_detections_before_an_event(
                 got.append(msg)
         assert got[0] == event  # the oldest message left, and first out
         assert [m.seq for m in got[1:]] == list(range(extra, QUEUE_SIZE + extra - 1))
-    finally:
-        release.set()
-        pub.stop()
-        assert pub.join(DEADLINE_S)
 
 
 def test_a_subscriber_that_does_not_read_stalls_nobody(
