@@ -130,7 +130,9 @@ def test_events_counts_snapshots_status_and_discovery_arrive_retained_as_they_sh
     assert {r.qos for r in by_topic[f"{BASE}/roof/bird"]} == {1}
     assert {r.qos for r in by_topic[f"{BASE}/roof/bird/snapshot"]} == {0}
     assert {r.qos for r in by_topic[f"{BASE}/roof/status"]} == {0}
-    assert {r.qos for r in by_topic[f"{BASE}/available"]} == {1}
+    # online at QoS 1; the final offline at QoS 0: sent at once, never behind a full window
+    assert [(r.payload, r.qos) for r in by_topic[f"{BASE}/available"]] == \
+        [(b"online", 1), (b"offline", 0)]
     assert f"{BASE}/roof/detections" not in by_topic  # off by default
     # retained: availability, counts (frame and zones), snapshots, discovery; not events/status
     assert retained[f"{BASE}/available"].payload == b"online"
@@ -202,9 +204,14 @@ def test_tls_with_a_client_certificate_and_a_refused_login_in_the_status(
                                 speed.start_deadline(base_s=5.0), "the refusal in the status")
             assert "not authorized" in state.lower() or "bad user name" in state.lower(), state
             sub.wait_until(lambda m: m[0] == "det/roof/", speed.deadline(), "detections go on")
+            # the password fixed in its file (the config unchanged): a reload reconnects
+            _password_file(tmp_path)
+            d.signal(signal.SIGHUP)
+            _mqtt_state(sub, lambda s: s.startswith("connected"), 10 + speed.deadline(),
+                        "connected after the reload")
             code, _ = d.stop()
         assert code == 0, d.stderr[-3000:]
-        assert "wrong" not in d.stderr
+        assert "wrong" not in d.stderr and PASSWORD not in d.stderr
 
 
 def test_kill_9_leaves_the_retained_offline(tmp_path: Path, speed: Speed) -> None:

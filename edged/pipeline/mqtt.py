@@ -53,6 +53,7 @@ from edged.api.messages import (
     DetMessage,
     EventMessage,
     Message,
+    Occupancy,
     ProcessStatus,
     SnapMessage,
     StatusMessage,
@@ -67,6 +68,9 @@ logger = logging.getLogger(__name__)
 WINDOW = 16  # event messages handed to the broker and not yet acknowledged
 OFFERS = 512  # messages waiting for this thread (it keeps up; a bound, not a buffer)
 LIVE_EVENTS = 1000  # without a history: event messages kept while disconnected
+PAHO_QUEUE = 1000  # messages paho holds unacknowledged or unsent (a broker that never acks)
+ANNOUNCE_EVERY_S = 10.0  # Home Assistant's "online" re-announces at most this often
+CONNECT_TIMEOUT_S = 2.0  # a broker whose SYNs vanish must not hold a stop or a reload long
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 60
 CURSOR = "mqtt"  # the outbox consumer's name in history.DELIVERED
@@ -176,6 +180,20 @@ def discovery(cfg: MqttConfig, cameras: Sequence[CameraSpec]) -> dict[str, dict[
     return out
 
 
+def files_stamp(cfg: MqttConfig) -> tuple[tuple[str, int, int], ...]:
+    """Identity of the password and TLS files on disk: a reload after one was replaced (a
+    rotated password, a renewed certificate) reconnects with it."""
+    out = []
+    for path in (cfg.password_file, cfg.tls_ca_file, cfg.tls_cert_file, cfg.tls_key_file):
+        if path is not None:
+            try:
+                st = path.stat()
+                out.append((str(path), st.st_mtime_ns, st.st_size))
+            except OSError:
+                out.append((str(path), 0, -1))
+    return tuple(out)
+
+
 def read_password(cfg: MqttConfig) -> str | None:
     if cfg.password_file is None:
         return None
@@ -208,12 +226,16 @@ class MqttBridge(StageThread):
         self.cfg = cfg
         self.topics = Topics(base_topic(cfg))
         self.history = history
+        self.files = files_stamp(cfg)  # before reading them: a change meanwhile reloads again
         self._password = read_password(cfg)
         self._cameras = tuple(cameras)
         self._cond = threading.Condition()
         self._offers: collections.deque[Message] = collections.deque(maxlen=OFFERS)
         self._acks: collections.deque[int] = collections.deque()  # paho's thread appends
-        self._inbox: collections.deque[tuple[str, bytes]] = collections.deque(maxlen=1024)
+        # (topic, the payload is "online" / not empty): never the payload itself
+        self._inbox: collections.deque[tuple[str, bool]] = collections.deque(maxlen=1024)
+        self._online_mono = -ANNOUNCE_EVERY_S  # Home Assistant's last "online" we answered
+        self._resending = False  # after a reconnect: paho resends the older events first
         self._connected = False
         self._session = 0  # +1 per connection (paho's thread); this thread republishes on it
         self._state = f"connecting to {cfg.host}:{cfg.port}"
@@ -234,6 +256,7 @@ class MqttBridge(StageThread):
         self.dropped = 0  # offers dropped (this thread behind), detections while away
         self._client: Any = None
         self._announced: set[str] = set()  # discovery topics of ours with a config now
+        self._forget = False
 
     # --- any thread -------------------------------------------------------------------------
     @property
@@ -245,6 +268,8 @@ class MqttBridge(StageThread):
 
     def offer(self, message: Message) -> None:
         """A message the publisher just sent (its thread): queued, never blocks."""
+        if isinstance(message, DetMessage) and not self.cfg.detections:
+            return  # the frame-rate stream would crowd out counts in the queue
         with self._cond:
             if len(self._offers) == self._offers.maxlen:
                 self.dropped += 1
@@ -262,6 +287,7 @@ class MqttBridge(StageThread):
         with self._cond:
             self._cameras = tuple(cameras)
             self._announce = True
+            self._forget = True  # this thread drops what removed cameras left
             self._cond.notify()
 
     def stop(self) -> None:
@@ -307,7 +333,10 @@ class MqttBridge(StageThread):
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         with self._cond:
-            self._inbox.append((msg.topic, bytes(msg.payload)))
+            payload = msg.payload
+            flag = payload.strip() == ONLINE.encode() if msg.topic.endswith("/status") \
+                else bool(payload)
+            self._inbox.append((msg.topic, flag))
             self._cond.notify()
 
     def _set_state(self, state: str) -> None:
@@ -336,7 +365,7 @@ class MqttBridge(StageThread):
         client.enable_logger(paho_log)
         if cfg.username is not None:
             client.username_pw_set(cfg.username, self._password)
-        if cfg.tls or cfg.tls_ca_file is not None:
+        if cfg.tls or cfg.tls_ca_file is not None or cfg.tls_cert_file is not None:
             try:
                 client.tls_set(ca_certs=str(cfg.tls_ca_file) if cfg.tls_ca_file else None,
                                certfile=str(cfg.tls_cert_file) if cfg.tls_cert_file else None,
@@ -347,6 +376,8 @@ class MqttBridge(StageThread):
         client.will_set(self.topics.available, OFFLINE, qos=1, retain=True)
         client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
         client.max_inflight_messages_set(WINDOW * 2)
+        client.max_queued_messages_set(PAHO_QUEUE)
+        client.connect_timeout = CONNECT_TIMEOUT_S
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_connect_fail = self._on_connect_fail
@@ -387,7 +418,10 @@ class MqttBridge(StageThread):
                     self._inbox.clear()
                     connected, now_session = self._connected, self._session
                     announce, self._announce = self._announce, False
+                    forget, self._forget = self._forget, False
                     cameras = self._cameras
+                if forget:
+                    self._forget_removed(cameras)
                 for m in offers:
                     self._take(m)
                 if self.history is not None and self._conn is None:
@@ -405,10 +439,31 @@ class MqttBridge(StageThread):
                 if self._stop.is_set():
                     break
             self._finish(client)
+        except Exception as e:  # a bug: said, and shown in the status (never "connected")
+            logger.exception("mqtt: the bridge failed")
+            self._state = f"failed: {first_line(e)} (see the log; restart edged)"
         finally:
             client.loop_stop()
             if self._conn is not None:
                 self._conn.close()
+
+    def _forget_removed(self, cameras: Sequence[CameraSpec]) -> None:
+        """A reload removed cameras: their counts, snapshots and statuses are no longer
+        published again on every connection."""
+        keep = {f"{self.topics.base}/{segment(c.name)}/" for c in cameras}
+        mine = f"{self.topics.base}/"
+        for table in (self._retained, self._status):
+            for topic in list(table):
+                if topic.startswith(mine) and topic.count("/") > mine.count("/") and \
+                        not any(topic.startswith(k) for k in keep):
+                    del table[topic]
+        self._dirty &= set(self._retained)
+
+    def handover(self, old: MqttBridge) -> None:
+        """Start from what ``old`` (the bridge a reload replaces) knew: the counts and the
+        snapshots, which otherwise reach the broker only when they next change."""
+        if old.topics.base == self.topics.base:
+            self._retained = dict(old._retained)
 
     def _work(self) -> bool:
         return bool(self._offers or self._acks or self._inbox or self._announce)
@@ -421,6 +476,8 @@ class MqttBridge(StageThread):
     def _on_new_session(self, client: Any) -> None:
         client.publish(self.topics.available, ONLINE, qos=1, retain=True)
         self._dirty = set(self._retained)
+        # paho resends the events in flight once it is connected: newer ones wait for them
+        self._resending = bool(self._inflight)
         self._status_due = time.monotonic()
         self._status_sent.clear()
         # handed messages are paho's to resend (QoS > 0); QoS 0 ones it may have lost
@@ -432,16 +489,15 @@ class MqttBridge(StageThread):
         """A message from the publisher: remembered or queued as its kind needs."""
         t, q = self.topics, self.cfg.qos
         if isinstance(m, CountMessage):
-            occ = m.occupancy
-            values = {t.count(m.camera, lb): n for lb, n in occ.objects.items()}
-            for zone, counts in occ.zones.items():
-                values.update({t.count(m.camera, lb, zone): n for lb, n in counts.items()})
-            for topic, n in values.items():
-                self._retain(topic, str(n).encode(), q.counts)
+            self._counts(m.camera, m.occupancy)
         elif isinstance(m, SnapMessage):
             self._retain(t.snapshot(m.camera, m.label), m.jpeg, q.snapshots)
         elif isinstance(m, StatusMessage | ProcessStatus):
             topic = t.camera_status(m.camera) if isinstance(m, StatusMessage) else t.status
+            if isinstance(m, StatusMessage) and m.occupancy is not None:
+                # a camera's status repeats its counts: a bridge started by a reload (or one
+                # that lost a count) has them within a status interval
+                self._counts(m.camera, m.occupancy)
             payload = encode(m)
             self._status[topic] = (payload, m.state)
             if self._status_sent.get(topic) != m.state:
@@ -451,6 +507,14 @@ class MqttBridge(StageThread):
                 self._detections(m)
         elif isinstance(m, EventMessage) and self.history is None:
             self._live.append(encode(m))
+
+    def _counts(self, camera: str, occ: Occupancy) -> None:
+        t, qos = self.topics, self.cfg.qos.counts
+        values = {t.count(camera, lb): n for lb, n in occ.objects.items()}
+        for zone, counts in occ.zones.items():
+            values.update({t.count(camera, lb, zone): n for lb, n in counts.items()})
+        for topic, n in values.items():
+            self._retain(topic, str(n).encode(), qos)
 
     def _retain(self, topic: str, payload: bytes, qos: int) -> None:
         if self._retained.get(topic, (None, 0))[0] != payload:
@@ -468,24 +532,26 @@ class MqttBridge(StageThread):
         self._client.publish(self.topics.detections(m.camera), encode(m),
                              qos=self.cfg.qos.detections)
 
-    def _answer(self, client: Any, inbox: list[tuple[str, bytes]],
+    def _answer(self, client: Any, inbox: list[tuple[str, bool]],
                 cameras: Sequence[CameraSpec]) -> None:
-        """Home Assistant came online: announce again. A retained discovery config of ours
-        that we no longer announce (a camera removed, a label no longer watched): cleared."""
+        """Home Assistant came online: announce again (at most every ANNOUNCE_EVERY_S: anyone
+        may publish there). A retained discovery config of ours that we no longer announce (a
+        camera removed, a label no longer watched): cleared."""
         if not self.cfg.discovery:
             return
         wanted = discovery(self.cfg, cameras)
-        for topic, payload in inbox:
+        for topic, flag in inbox:
             if topic == f"{self.cfg.discovery_prefix}/status":
-                if payload.strip() == ONLINE.encode():
+                if flag and time.monotonic() - self._online_mono >= ANNOUNCE_EVERY_S:
+                    self._online_mono = time.monotonic()
                     logger.info("mqtt: Home Assistant is online: announcing again")
                     with self._cond:
                         self._announce = True
                     self._status_due = time.monotonic()
                     self._status_sent.clear()
-            elif payload and topic not in wanted:
+            elif flag and topic not in wanted:
                 client.publish(topic, b"", qos=1, retain=True)
-                logger.info("mqtt: removed the Home Assistant entity %s", topic)
+                logger.debug("mqtt: removed the Home Assistant entity %s", topic)
 
     def _announce_to(self, client: Any, cameras: Sequence[CameraSpec]) -> None:
         """Every entity's config, retained; the ones announced before and not now (a reload
@@ -504,8 +570,8 @@ class MqttBridge(StageThread):
         """Publish what is due: changed retained values, statuses, events."""
         for topic in sorted(self._dirty):
             payload, qos = self._retained[topic]
-            client.publish(topic, payload, qos=qos, retain=True)
-        self._dirty.clear()
+            if client.publish(topic, payload, qos=qos, retain=True).rc == 0:
+                self._dirty.discard(topic)  # (else paho's queue is full: tried again later)
         now = time.monotonic()
         if self._status_due and now >= self._status_due:
             for topic, (payload, state) in self._status.items():
@@ -518,6 +584,9 @@ class MqttBridge(StageThread):
 
     def _deliver(self, client: Any) -> None:
         """The outbox's next event messages, in order, while fewer than WINDOW are unacked."""
+        if self._resending and self._inflight:
+            return  # paho sends the older ones again first: order is kept
+        self._resending = False
         if self._conn is None or len(self._inflight) >= WINDOW:
             return
         try:
@@ -527,6 +596,8 @@ class MqttBridge(StageThread):
             return
         for seq, _camera, payload in rows:
             info = client.publish(self.topics.events, payload, qos=self.cfg.qos.events)
+            if info.rc != 0:  # paho's queue is full (a broker that stopped acknowledging)
+                return
             self._inflight[info.mid] = seq
             self._handed = seq
 
@@ -551,11 +622,14 @@ class MqttBridge(StageThread):
 
     def _finish(self, client: Any) -> None:
         """Stopping: what is due goes out, then ``offline`` (a clean disconnect sends no last
-        will), each waited for briefly."""
+        will). ``offline`` goes at QoS 0: paho sends that at once, never behind a full window
+        of unacknowledged messages (which would leave ``online`` retained for ever); the TCP
+        stream puts it before the DISCONNECT. Unacknowledged events get a short wait; the rest
+        stay in the outbox for the next start."""
         with contextlib.suppress(Exception):
             if self._connected:
                 self._flush(client)
-                info = client.publish(self.topics.available, OFFLINE, qos=1, retain=True)
+                info = client.publish(self.topics.available, OFFLINE, qos=0, retain=True)
                 deadline = time.monotonic() + 0.5
                 while time.monotonic() < deadline and (
                         self._inflight or not info.is_published()):

@@ -35,7 +35,7 @@ from edged.errors import EXIT_OK, EXIT_RUNTIME, ConfigError, EdgedError
 from edged.pipeline.camera import Camera
 from edged.pipeline.capture import shown
 from edged.pipeline.events import CameraEvents, Numbering, settings_of
-from edged.pipeline.mqtt import MqttBridge, camera_specs
+from edged.pipeline.mqtt import MqttBridge, camera_specs, files_stamp
 from edged.pipeline.publish import Publisher, PublishError
 from edged.pipeline.snapshots import SnapshotWriter
 from edged.pipeline.stats import PipelineStats
@@ -578,7 +578,7 @@ class Service:
                 or _builds_engine(new) != _builds_engine(old)
             assert self.publisher is not None
             keys = self.publisher.keys_changed(new.publish)
-            if new == old and not load and not keys:
+            if new == old and not load and not keys and not self._mqtt_files_changed(new):
                 logger.info("reload: configuration unchanged")
                 state = "unchanged"
                 return
@@ -726,11 +726,15 @@ class Service:
         logger.info("reload: applied %s%s", new.source, f" ({kept})" if kept else "")
         return kept
 
+    def _mqtt_files_changed(self, new: Config) -> bool:
+        """The MQTT password or TLS files were replaced on disk (the config may be the same)."""
+        return self.mqtt is not None and self.mqtt.files != files_stamp(new.mqtt)
+
     def _apply_mqtt(self, old: Config, new: Config) -> tuple[Config, str | None]:
-        """New MQTT settings: a new bridge (the old one disconnects first); new cameras or
-        labels: announced again. Returns the config applied and what was kept (the running
-        bridge, when the new one cannot be built)."""
-        if new.mqtt == old.mqtt:
+        """New MQTT settings, or a password or TLS file changed on disk: a new bridge (the old
+        one disconnects first); new cameras or labels: announced again. Returns the config
+        applied and what was kept (the running bridge, when the new one cannot be built)."""
+        if new.mqtt == old.mqtt and not self._mqtt_files_changed(new):
             if self.mqtt is not None and camera_specs(new) != camera_specs(old):
                 self.mqtt.update_cameras(camera_specs(new))
             return new, None
@@ -748,6 +752,8 @@ class Service:
         if old_bridge is not None:
             old_bridge.stop()
             old_bridge.join(1.0)
+            if bridge is not None:
+                bridge.handover(old_bridge)
         if self.store is not None:
             self.store.outbox = bridge is not None
             self.store.on_commit = bridge.wake if bridge is not None else None
