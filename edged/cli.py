@@ -375,6 +375,44 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_frigate_labelmap(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser(
+        "frigate-labelmap", help="write the labelmap Frigate needs for edged's class ids",
+        description="Frigate names the class ids edged answers its detector with through "
+                    "model.labelmap_path: give it this file (its default labelmap numbers "
+                    "COCO's 91 ids, where edged's bird, 14, would read 'bench').")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model", type=Path, default=None,
+                     help="model sidecar .yaml (default: the shipped COCO yolov3-tiny)")
+    src.add_argument("--config", type=Path, default=None,
+                     help="the daemon's config file: its model")
+    p.add_argument("-o", "--output", type=Path, default=None, metavar="FILE",
+                   help="write FILE instead of printing")
+    p.set_defaults(func=_cmd_frigate_labelmap)
+
+
+def _cmd_frigate_labelmap(args: argparse.Namespace) -> int:
+    from edged import sidecar
+    from edged.config import load_config
+    from edged.models import DEFAULT_MODEL
+
+    model = load_config(args.config).model if args.config else args.model or DEFAULT_MODEL
+    labels = sidecar.load(model).labels
+    # Frigate's own indexed format ("<id> <label>" lines): a label is whatever follows the
+    # first space, so labels with spaces ("traffic light") survive.
+    text = "".join(f"{i} {label}\n" for i, label in enumerate(labels))
+    if args.output is None:
+        sys.stdout.write(text)
+        return EXIT_OK
+    try:
+        args.output.write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"cannot write {args.output}: {e.strerror or e}") from None
+    print(f"{args.output}: {len(labels)} labels of {model.name}; in Frigate's config: "
+          f"model: labelmap_path: {args.output}")
+    return EXIT_OK
+
+
 def _add_sub(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("sub", help="print the messages a running edged publishes")
     p.add_argument("endpoints", nargs="*", default=list(PublishConfig.endpoints),
@@ -584,6 +622,7 @@ def build_parser() -> _Parser:
     _add_bench(sub)
     _add_eval(sub)
     _add_events(sub)
+    _add_frigate_labelmap(sub)
     return parser
 
 

@@ -140,6 +140,12 @@ def _labels(v: Any) -> tuple[Any, ...]:  # which are the model's: _cross
     return tuple(v)
 
 
+def _image_paths(v: Any) -> tuple[Path, ...]:  # that they exist: _cross
+    if not isinstance(v, list) or not 1 <= len(v) <= 20:
+        raise Invalid(f"expected a list of 1-20 image files, got {show(v)}")
+    return tuple(Path(p) for p in list_of(TEXT)(v))
+
+
 def _endpoints(raw: Any) -> tuple[str, ...]:
     raw = [raw] if isinstance(raw, str) else raw
     if not isinstance(raw, list) or not raw:
@@ -302,6 +308,18 @@ class InferenceConfig:
         True, "Try an NPU or external delegate (load, build, one invoke) in a child process "
         "first: one that crashes or hangs costs a CPU fallback instead of the daemon")
     probe_timeout_s: float = setting(300.0, "Bound on that probe, seconds", Num(1.0, 7200.0))
+    self_check: bool = setting(
+        True, "After the warm-up, run the bundled golden photographs through the accelerator "
+        "and through a CPU interpreter of the same model; when their detections disagree, "
+        "fall back to the CPU (exit 3 with `require_accelerator`). NPUs are known to return "
+        "silently wrong YOLO outputs")
+    self_check_min_agreement: float = setting(
+        0.9, "Share of detections the accelerator and the CPU must both find (same class, "
+        "IoU >= 0.8, scores within 0.1) for the accelerator to be used", UNIT)
+    self_check_images: tuple[Path, ...] | None = setting(
+        None, "Photographs for the self-check (null: the bundled ones, of COCO objects; a model "
+        "of other classes needs photos of what it detects, or the check is inconclusive)",
+        _image_paths)
 
 
 @dataclass(frozen=True)
@@ -428,6 +446,39 @@ class MqttConfig:
         "`detection.classes`, its zones' labels and `events.labels`)", _labels)
 
 
+def _endpoint(v: Any) -> str:
+    ep = TEXT(v)
+    problem = check_endpoint(ep)
+    if problem:
+        raise Invalid(f"{problem}, got {show(v)}")
+    return ep
+
+
+@dataclass(frozen=True)
+class FrigateConfig:
+    enabled: bool = setting(False, "Answer Frigate's `zmq` detector: Frigate sends its "
+                            "detection requests to edged's model and accelerator (README: "
+                            "Frigate)")
+    endpoint: str = setting("tcp://127.0.0.1:5555", "ZeroMQ REP endpoint Frigate's detector "
+                            "`endpoint` connects to: `tcp://HOST:PORT` (loopback unless you "
+                            "give another address) or `ipc:///path`", _endpoint)
+    ipc_mode: int = setting(0o660, "File mode of an ipc socket file (an octal string)", _mode,
+                            shown="`'0660'`")
+    pixel_format: str = setting("rgb", "Frigate's `model.input_pixel_format`: the colour order "
+                                "of the tensors it sends", OneOf(("rgb", "bgr"), TEXT))
+    input_tensor: str = setting("nhwc", "Frigate's `model.input_tensor`: `nhwc` [1, H, W, 3] "
+                                "or `nchw` [1, 3, H, W]", OneOf(("nhwc", "nchw"), TEXT))
+    input_dtype: str = setting("int", "Frigate's `model.input_dtype`: `int` (uint8), `float` "
+                               "(float32 0..1) or `float_denorm` (float32 0..255)",
+                               OneOf(("int", "float", "float_denorm"), TEXT))
+    request_timeout_ms: int = setting(200, "Frigate's `request_timeout_ms`: an answer later "
+                                      "than this is counted `late` in the status (Frigate has "
+                                      "given up on it)", Int(1, 60_000))
+    curve: CurveConfig | None = setting(None, "CURVE encryption and access control for a tcp "
+                                        "endpoint, as `publish.curve` (Frigate's own client "
+                                        "has none: for other clients; null: off)")
+
+
 @dataclass(frozen=True)
 class Config:
     camera: CameraConfig = setting(factory=CameraConfig, doc="One camera: the shorthand for a "
@@ -443,6 +494,7 @@ class Config:
     events: EventsConfig = setting(factory=EventsConfig)
     publish: PublishConfig = setting(factory=PublishConfig)
     mqtt: MqttConfig = setting(factory=MqttConfig)
+    frigate: FrigateConfig = setting(factory=FrigateConfig)
     log_level: str = setting("info", "Log level", OneOf(("debug", "info", "warning", "error"),
                                                          TEXT))
     source: str = setting("<built-in default>", key=False)  # where it was loaded from
@@ -532,6 +584,9 @@ def _cross(cfg: Config, r: Reader, listed: bool = False) -> Config:
             raise r.fail(f"{at}.width", "set both width and height, or neither")
         if cam.reconnect_max_s < cam.reconnect_initial_s:
             raise r.fail(f"{at}.reconnect_max_s", "must be >= reconnect_initial_s")
+    for i, image in enumerate(cfg.inference.self_check_images or ()):
+        if not image.is_file():
+            raise r.fail(f"inference.self_check_images[{i}]", f"file {image} not found")
     delegate = cfg.inference.delegate
     if delegate.startswith("/") and not Path(delegate).is_file():
         raise r.fail("inference.delegate", f"delegate library {delegate} not found")
@@ -562,18 +617,28 @@ def _cross(cfg: Config, r: Reader, listed: bool = False) -> Config:
             key = "window" if "window" in own else "min_hits"
             raise r.fail(f"events.labels.{show(label)}.{key}", f"window ({window}) must be >= "
                          f"min_hits ({hits}; the label's own or the one of events)")
-    if curve is not None:
-        if not curve.server_secret_key.is_file():
-            raise r.fail("publish.curve.server_secret_key",
-                         f"file {curve.server_secret_key} not found")
-        if any(not e.startswith("tcp://") for e in cfg.publish.endpoints):
-            raise r.fail("publish.curve",
-                         "CURVE applies to tcp endpoints; remove the ipc ones or curve")
-        keys = curve.authorized_keys_dir
-        if keys is not None and not keys.is_dir():
-            raise r.fail("publish.curve.authorized_keys_dir", f"directory {keys} not found")
+    _cross_curve(curve, cfg.publish.endpoints, "publish", r)
     _cross_mqtt(cfg.mqtt, labels, r)
+    if cfg.frigate.endpoint in cfg.publish.endpoints:
+        raise r.fail("frigate.endpoint", f"{cfg.frigate.endpoint} is also in "
+                     "publish.endpoints; give Frigate its own endpoint")
+    _cross_curve(cfg.frigate.curve, (cfg.frigate.endpoint,), "frigate", r)
     return dataclasses.replace(cfg, detection=detection, cameras=cameras)
+
+
+def _cross_curve(curve: CurveConfig | None, endpoints: tuple[str, ...], section: str,
+                 r: Reader) -> None:
+    if curve is None:
+        return
+    if not curve.server_secret_key.is_file():
+        raise r.fail(f"{section}.curve.server_secret_key",
+                     f"file {curve.server_secret_key} not found")
+    if any(not e.startswith("tcp://") for e in endpoints):
+        raise r.fail(f"{section}.curve",
+                     "CURVE applies to tcp endpoints; remove the ipc ones or curve")
+    keys = curve.authorized_keys_dir
+    if keys is not None and not keys.is_dir():
+        raise r.fail(f"{section}.curve.authorized_keys_dir", f"directory {keys} not found")
 
 
 def _cross_mqtt(m: MqttConfig, labels: tuple[str, ...], r: Reader) -> None:

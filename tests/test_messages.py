@@ -22,6 +22,7 @@ from edged.api.messages import (
     Detection,
     DetMessage,
     FrameSize,
+    FrigateStatus,
     Latency,
     MalformedMessage,
     Message,
@@ -29,6 +30,7 @@ from edged.api.messages import (
     Percentiles,
     ProcessStatus,
     ReloadStatus,
+    SelfCheckStatus,
     SnapMessage,
     SourceStatus,
     StatusMessage,
@@ -61,7 +63,11 @@ SNAP = SnapMessage("roof", 2, "1763800000123456789-3f2a-4", "bird", 0.91,
 PROCESS = ProcessStatus(
     4, "running", 1_763_800_001_000_000_000, 17.0, "yolov3-tiny-416", "vx", None,
     "tflite_runtime", 0.62, 34.8, 590, {"roof": "running", "roof2": "source_down"}, "ok",
-    None, "connected to broker.lan:1883", 0, ("tcp://127.0.0.1:5556",), None)
+    None, "connected to broker.lan:1883",
+    SelfCheckStatus(0.95, 19, 1, 20, 19, 3, 412.0, True),
+    FrigateStatus("tcp://127.0.0.1:5555", 2, 1200, 3, 1, Percentiles(14.1, 22.5, 61.0),
+                  "dtype uint8 or float32 (Frigate's model.input_dtype int or float), got int64"),
+    0, ("tcp://127.0.0.1:5556",), None)
 
 
 def test_schema_file_is_generated_from_the_declarations() -> None:

@@ -217,6 +217,46 @@ class Percentiles:
 
 
 @dataclass(frozen=True, slots=True)
+class SelfCheckStatus:
+    """The accelerator against a CPU interpreter of the same model on the bundled golden
+    photographs, after the warm-up (``inference.self_check``; edged.engine.selfcheck)."""
+
+    agreement: float = describe("matched / (matched + unmatched)", minimum=0, maximum=1)
+    matched: int = describe("detections both found: same class, IoU >= 0.8, scores within "
+                            "0.1", minimum=0)
+    unmatched: int = describe("detections (score >= 0.2) only one of them found", minimum=0)
+    accelerator: int = describe("detections on the accelerator, all images", minimum=0)
+    cpu: int = describe("detections on the CPU, all images", minimum=0)
+    images: int = describe("photographs compared (`inference.self_check_images`, or the 3 "
+                           "bundled ones)", minimum=0)
+    ms: float = describe("what the check took, the CPU interpreter's building included",
+                         minimum=0)
+    passed: bool | None = describe("false: the accelerator is not used (`fallback_reason` says "
+                                   "why); null: inconclusive, too few objects on the images to "
+                                   "compare (the accelerator is used unchecked)")
+
+
+@dataclass(frozen=True, slots=True)
+class FrigateStatus:
+    """Frigate's `zmq` detector as edged answers it (``frigate.enabled``)."""
+
+    endpoint: str = describe("the REP endpoint Frigate connects to")
+    handshakes: int = describe("model requests answered: Frigate's detector starting, or "
+                               "resetting its socket after a timeout", minimum=0)
+    requests: int = describe("detection requests answered with detections", minimum=0)
+    refused: int = describe("requests answered with an error and no detections (malformed, "
+                            "unsupported, a model upload, the model still warming up)",
+                            minimum=0)
+    late: int = describe("answers sent more than `frigate.request_timeout_ms` after edged took "
+                         "the request: Frigate had given up on them", minimum=0)
+    latency_ms: Percentiles | None = describe(
+        "request taken from the socket -> answer sent, recent requests; null before the first. "
+        "Time a request waited in ZeroMQ behind another client's is not in it (one Frigate "
+        "detector has one request in flight)")
+    last_error: str | None = describe("why the last refused request was refused")
+
+
+@dataclass(frozen=True, slots=True)
 class SourceStatus:
     uri: str = describe("a URL's password shows as ***")
     reason: str | None = describe("why the source is down now")
@@ -297,8 +337,8 @@ class ProcessStatus(Envelope):
     fallback_reason: str | None = _status("fallback_reason")
     runtime: str = _status("runtime")
     inference_load: float = describe(
-        "share of the recent time the inference worker was busy with a frame (1: every camera "
-        "waits for it)", minimum=0, maximum=1)
+        "share of the recent time the inference worker was busy with a frame or a Frigate "
+        "request (1: every camera waits for it)", minimum=0, maximum=1)
     fps_out: float = describe("frames inferred per second, recent, all cameras", minimum=0)
     frames_out: int = describe("frames inferred since start, all cameras", minimum=0)
     cameras: Mapping[str, str] = describe("camera name -> its state (as in its status)",
@@ -309,6 +349,11 @@ class ProcessStatus(Envelope):
                                      "now; null: no snapshot directory configured")
     mqtt: str | None = describe("the MQTT bridge: connected to HOST:PORT, or what it is trying "
                                 "and why (disconnected, refused); null: MQTT is off")
+    self_check: SelfCheckStatus | None = describe(
+        "the accelerator's self-check at start (null: the CPU was chosen without an "
+        "accelerator to check, or `inference.self_check` is off)")
+    frigate: FrigateStatus | None = describe("Frigate's detector requests (null: "
+                                             "`frigate.enabled` is off)")
     publish_dropped: int = _status("publish_dropped")
     endpoints: tuple[str, ...] = _status("endpoints")
     reload: ReloadStatus | None = _status("reload")

@@ -10,6 +10,7 @@ the reason stays in ``Engine.fallback_reason`` (and so in every status message).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -21,6 +22,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from edged import sidecar
@@ -29,6 +31,8 @@ from edged.engine.detector import Detector
 from edged.engine.platform import IMX8MP, IMX93, Soc, detect_soc
 from edged.engine.probe import probe_in_child
 from edged.engine.runtime import Runtime, load_runtime
+from edged.engine.selfcheck import MIN_EVIDENCE, SelfCheck, golden_images
+from edged.engine.selfcheck import run as run_self_check
 from edged.errors import EXIT_NO_ACCELERATOR, EdgedError, ModelError, UsageError, first_line
 from edged.spec import Invalid, declared
 
@@ -84,6 +88,7 @@ class Engine:
     soc: Soc
     fallback_reason: str | None = None
     warmup_ms: float = 0.0
+    self_check: SelfCheck | None = None  # the accelerator against the CPU (None: not run)
 
     @property
     def model_name(self) -> str:
@@ -163,32 +168,48 @@ def _warm_up(det: Detector) -> float:
 InProcess = Callable[[float], AbstractContextManager[None]]
 
 
+@dataclass
+class _Tried:
+    """An accelerator attempt: its detector (None: not usable, ``reason`` says why), warm-up,
+    self-check, and the check's CPU detector (kept only when it becomes the fallback)."""
+
+    det: Detector | None
+    reason: str | None = None
+    ms: float = 0.0
+    check: SelfCheck | None = None
+    cpu: Detector | None = None
+
+
 def _try_accelerator(att: _Attempt, spec: sidecar.ModelSpec, runtime: Runtime,
                      cfg: EngineConfig, cancel: threading.Event | None,
-                     in_process: InProcess | None) -> tuple[Detector | None, str | None, float]:
+                     in_process: InProcess | None) -> _Tried:
     model = spec.variant_path(att.variant)
     if model is None:
-        return None, (f"the model has no '{att.variant}' variant "
-                      f"(export it with --vela for the i.MX 93)"), 0.0
+        return _Tried(None, f"the model has no '{att.variant}' variant "
+                            f"(export it with --vela for the i.MX 93)")
     if not model.is_file():
-        return None, f"model file {model} not found", 0.0
+        return _Tried(None, f"model file {model} not found")
     assert att.library is not None
     if os.path.isabs(att.library) and not os.path.exists(att.library):
         # checked first: load_delegate on a missing file also spews a __del__ traceback
-        return None, f"delegate library {att.library} not found", 0.0
+        return _Tried(None, f"delegate library {att.library} not found")
     probe_s = 0.0
     if cfg.probe_delegate:
         t0 = time.monotonic()
         why = probe_in_child(runtime.name, att.library, att.options, model, cfg.threads,
                              cfg.probe_timeout_s, cancel)
         if why is not None:
-            return None, why, 0.0
+            return _Tried(None, why)
         probe_s = time.monotonic() - t0
     # The delegate builds its graph (and an NPU compiles it at the first invoke) while the
     # runtime holds Python's lock: nothing else in this process runs meanwhile. The caller
-    # may prepare for that (stretch the watchdog, let SIGTERM end the process at once).
+    # may prepare for that (stretch the watchdog, let SIGTERM end the process at once). The
+    # self-check's invokes are the delegate's too: a hang there is the same hang.
     with (in_process or (lambda _s: contextlib.nullcontext()))(probe_s):
-        return _build_with_delegate(att, spec, runtime, cfg, model)
+        det, why, ms = _build_with_delegate(att, spec, runtime, cfg, model)
+        if det is None or not cfg.self_check:
+            return _Tried(det, why, ms)
+        return _self_checked(det, att.backend, spec, runtime, cfg, ms)
 
 
 def _build_with_delegate(att: _Attempt, spec: sidecar.ModelSpec, runtime: Runtime,
@@ -223,12 +244,17 @@ def open_engine(sidecar_path: Path, cfg: EngineConfig,
     soc = detect_soc(cfg.sysfs_root)
     att = _plan(cfg, soc, spec)
     reason: str | None = None
+    tried = _Tried(None)
     if att is not None:
         logger.info("trying %s backend on %s with %s", att.backend, soc.describe(), runtime.name)
-        det, reason, ms = _try_accelerator(att, spec, runtime, cfg, cancel, in_process)
-        if det is not None:
-            return Engine(det, att.backend, runtime.name, soc, None, ms)
+        tried = _try_accelerator(att, spec, runtime, cfg, cancel, in_process)
+        if tried.det is not None:
+            return Engine(tried.det, att.backend, runtime.name, soc, None, tried.ms,
+                          tried.check)
+        reason = tried.reason
         if cfg.require_accelerator:
+            if tried.cpu is not None:
+                tried.cpu.close()
             raise AcceleratorUnavailable(f"accelerator required but unavailable: {reason}")
         logger.warning("falling back to the CPU: %s", reason)
     elif cfg.require_accelerator:
@@ -237,6 +263,64 @@ def open_engine(sidecar_path: Path, cfg: EngineConfig,
             "selects the CPU")
     cpu = spec.variant_path("cpu")
     assert cpu is not None  # the sidecar loader requires variants.cpu
-    det = Detector(spec, cpu, cfg.threads, runtime)
-    ms = _warm_up(det) if cfg.warmup else 0.0
-    return Engine(det, "cpu", runtime.name, soc, reason, ms)
+    det = tried.cpu or Detector(spec, cpu, cfg.threads, runtime)  # the check's: warmed up
+    ms = _warm_up(det) if cfg.warmup and tried.cpu is None else 0.0
+    return Engine(det, "cpu", runtime.name, soc, reason, ms, tried.check)
+
+
+def _self_checked(det: Detector, backend: str, spec: sidecar.ModelSpec, runtime: Runtime,
+                  cfg: EngineConfig, warmup_ms: float) -> _Tried:
+    """``det`` (the accelerator's, warmed up) if the self-check does not find it wrong; else
+    why not, with the check's CPU detector as the fallback. Whatever is not returned is
+    closed."""
+    cpu: Detector | None = None
+    try:
+        check, cpu = _check(det, backend, spec, runtime, cfg)
+    except (RuntimeError, ValueError, cv2.error) as e:  # an invoke failed (delegate or CPU)
+        det.close()
+        if cpu is not None:
+            cpu.close()
+        return _Tried(None, f"self-check failed: {first_line(e)}")
+    except BaseException:
+        det.close()
+        raise
+    if check.passed is False:
+        det.close()
+        return _Tried(None, (
+            f"self-check: the {backend} backend disagrees with the CPU on the golden images "
+            f"(agreement {check.agreement:.2f} < {cfg.self_check_min_agreement:.2f}: "
+            f"{check.matched} detections matched, {check.unmatched} not; {check.accelerator} on "
+            f"the {backend} backend, {check.cpu} on the CPU)"), 0.0, check, cpu)
+    cpu.close()
+    return _Tried(det, None, warmup_ms, check)
+
+
+def _check(det: Detector, backend: str, spec: sidecar.ModelSpec, runtime: Runtime,
+           cfg: EngineConfig) -> tuple[SelfCheck, Detector]:
+    """The accelerator's detections on the golden images against a CPU interpreter's (the
+    CPU variant: for the i.MX 93 the Vela model cannot run without the NPU). Returns the check
+    and that CPU detector (the fallback, should the check fail)."""
+    t0 = time.perf_counter()
+    images = golden_images(cfg.self_check_images)  # ModelError: unreadable (exit 2)
+    cpu_path = spec.variant_path("cpu")
+    assert cpu_path is not None
+    cpu = Detector(spec, cpu_path, cfg.threads, runtime)
+    try:
+        check = run_self_check(det, cpu, cfg.self_check_min_agreement, images)
+    except BaseException:
+        cpu.close()
+        raise
+    check = dataclasses.replace(check, ms=round((time.perf_counter() - t0) * 1e3, 1))
+    if check.passed is None:
+        logger.warning("self-check inconclusive: neither the %s backend nor the CPU is sure of "
+                       "%d objects on the %d self-check images (the model's classes are not "
+                       "in them?): the %s backend is used unchecked; give "
+                       "inference.self_check_images photos of what the model detects",
+                       backend, MIN_EVIDENCE, check.images, backend)
+        return check, cpu
+    (logger.info if check.passed else logger.error)(
+        "self-check: %s backend %s the CPU on %d images: agreement %.2f (%d matched, %d "
+        "not; %d detections on %s, %d on the CPU), %.0f ms", backend,
+        "agrees with" if check.passed else "DISAGREES with", check.images, check.agreement,
+        check.matched, check.unmatched, check.accelerator, backend, check.cpu, check.ms)
+    return check, cpu

@@ -53,28 +53,28 @@ class PublishError(ConfigError):
     """An endpoint cannot be bound (busy port, ipc path held by another process, ...)."""
 
 
-def _server_key(curve: CurveConfig) -> tuple[bytes, bytes]:
+def _server_key(curve: CurveConfig, section: str = "publish") -> tuple[bytes, bytes]:
     try:
         st = os.stat(curve.server_secret_key)
         if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_KEY_FILE_BYTES:
-            raise PublishError(f"publish.curve.server_secret_key: {curve.server_secret_key} is "
+            raise PublishError(f"{section}.curve.server_secret_key: {curve.server_secret_key} is "
                                f"not a key file (a regular file of at most "
                                f"{MAX_KEY_FILE_BYTES} bytes)")
         public, secret = zmq.auth.load_certificate(str(curve.server_secret_key))
     except (OSError, ValueError) as e:
-        raise PublishError(f"publish.curve.server_secret_key: cannot load "
+        raise PublishError(f"{section}.curve.server_secret_key: cannot load "
                            f"{curve.server_secret_key}: {e}") from e
     if secret is None:
-        raise PublishError(f"publish.curve.server_secret_key: {curve.server_secret_key} "
+        raise PublishError(f"{section}.curve.server_secret_key: {curve.server_secret_key} "
                            "holds no secret key (use the .key_secret file)")
     return public, secret
 
 
-def _client_keys(curve: CurveConfig) -> frozenset[bytes] | None:
+def _client_keys(curve: CurveConfig, section: str = "publish") -> frozenset[bytes] | None:
     """The public keys in authorized_keys_dir (None: any client may connect)."""
     if curve.authorized_keys_dir is None:
         return None
-    where = f"publish.curve.authorized_keys_dir: {curve.authorized_keys_dir}"
+    where = f"{section}.curve.authorized_keys_dir: {curve.authorized_keys_dir}"
     try:
         # pyzmq opens every *.key file there: each must be a small regular file (a FIFO
         # would block the reload for ever, /dev/zero never end)
@@ -88,7 +88,7 @@ def _client_keys(curve: CurveConfig) -> frozenset[bytes] | None:
                                    f"of at most {MAX_KEY_FILE_BYTES} bytes)")
         return frozenset(zmq.auth.load_certificates(str(curve.authorized_keys_dir)))
     except (OSError, ValueError) as e:
-        raise PublishError(f"publish.curve.authorized_keys_dir: cannot load the client keys "
+        raise PublishError(f"{section}.curve.authorized_keys_dir: cannot load the client keys "
                            f"in {curve.authorized_keys_dir}: {e}") from e
 
 

@@ -76,6 +76,9 @@ class PipelineStats:
         self._in_stamps = deque[float](maxlen=MAX_RATE_SAMPLES)
         self._out_stamps = deque[float](maxlen=MAX_RATE_SAMPLES)
         self._busy_s = deque[float](maxlen=MAX_RATE_SAMPLES)  # one per out stamp
+        # images inferred for other processes (Frigate): load, not frames
+        self._asked_stamps = deque[float](maxlen=MAX_RATE_SAMPLES)
+        self._asked_busy_s = deque[float](maxlen=MAX_RATE_SAMPLES)
         self._frames_in = 0
         self._frames_dropped = 0
         self._frames_out = 0
@@ -98,6 +101,13 @@ class PipelineStats:
             self._out_stamps.append(now)
             self._busy_s.append(latency.total / 1e3)
 
+    def asked(self, latency: Latency) -> None:
+        """An image another process asked about was inferred: the worker's load, no frame."""
+        now = self._clock()
+        with self._lock:
+            self._asked_stamps.append(now)
+            self._asked_busy_s.append(latency.total / 1e3)
+
     # --- reading (anyone, no side effects) --------------------------------------------------
     @property
     def frames_out(self) -> int:
@@ -108,13 +118,15 @@ class PipelineStats:
         with self._lock:
             ins, outs = tuple(self._in_stamps), tuple(self._out_stamps)
             busy = tuple(self._busy_s)
+            asked, asked_busy = tuple(self._asked_stamps), tuple(self._asked_busy_s)
             lat = list(self._latency)
             counts = self._frames_in, self._frames_dropped, self._frames_out
         w = self._rate_window_s
         return StatsSnapshot(*counts, fps_in=_rate(ins, now, self._started, w),
                              fps_out=_rate(outs, now, self._started, w),
                              latency_ms=_percentiles(lat),
-                             load=min(_rate(outs, now, self._started, w, busy), 1.0))
+                             load=min(_rate(outs, now, self._started, w, busy)
+                                      + _rate(asked, now, self._started, w, asked_busy), 1.0))
 
 
 def _percentiles(lat: list[Latency]) -> dict[str, Percentiles]:

@@ -14,10 +14,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from edged.api.messages import DetMessage, FrameSize, Latency, Message, detections_of
 from edged.config import DetectionConfig
+from edged.core.types import Detections
 from edged.engine.detector import DetectParams
 from edged.engine.engine import Engine
 from edged.pipeline.events import CameraEvents
@@ -61,6 +64,21 @@ class WorkerSettings:
     lanes: tuple[Lane, ...]
     publish: Callable[[Message], None]
     empty_frames: bool  # publish frames without detections too
+    asked_params: DetectParams = field(default_factory=DetectParams)  # for asked images
+
+
+@dataclass(eq=False)
+class Asked:
+    """An image another process asked about (Frigate's detector): served before any camera's
+    frame, so its answer waits for at most the frame being inferred when it arrived."""
+
+    image: np.ndarray  # (H, W, 3) uint8 BGR
+    done: threading.Event = field(default_factory=threading.Event)
+    dets: Detections | None = None  # in the image's pixels
+    labels: tuple[str, ...] = ()
+    error: str | None = None
+    cancelled: bool = False  # the asker gave up: skipped if not started
+    latency: Latency | None = None
 
 
 CREDIT_BOUND = 1000  # keeps the credits bounded whatever the readiness pattern
@@ -98,18 +116,21 @@ class InferenceWorker(StageThread):
 
     def __init__(self, engine: Engine, lanes: Sequence[Lane],
                  publish: Callable[[Message], None], stats: PipelineStats,
-                 frames: threading.Condition, empty_frames: bool = True) -> None:
+                 frames: threading.Condition, empty_frames: bool = True,
+                 asked_params: DetectParams | None = None) -> None:
         # A daemon thread, against our own rule, for the capture thread's reason: an invoke
         # stuck inside a wedged accelerator driver cannot be interrupted, and must not hold the
         # process past a bounded SIGTERM stop (the service joins this thread with a timeout;
         # the systemd watchdog catches the stuck invoke before that).
         super().__init__("edged-inference", daemon=True)
-        self._settings = WorkerSettings(engine, tuple(lanes), publish, empty_frames)
+        self._settings = WorkerSettings(engine, tuple(lanes), publish, empty_frames,
+                                        asked_params or DetectParams())
         self._stats = stats  # every camera's frames (the process status)
         self._frames = frames  # the condition every lane's slot notifies
         self._swap_lock = threading.Lock()  # between writers only; the frame loop never takes it
         self._seqs: dict[str, int] = {}  # camera -> next det seq (kept across reloads)
         self._turns = WeightedRoundRobin()
+        self._asked = deque[Asked]()  # under self._frames
         # Engines replaced by update(), closed by this thread between frames (never under a
         # running invoke). deque: append and popleft are atomic.
         self._retired = deque[Engine]()
@@ -131,8 +152,16 @@ class InferenceWorker(StageThread):
             self._settings = dataclasses.replace(old, **changes)  # type: ignore[arg-type]
             return old
 
+    def ask(self, image: np.ndarray) -> Asked:
+        """Queue ``image`` ahead of every camera; its ``done`` is set once answered."""
+        asked = Asked(image)
+        with self._frames:
+            self._asked.append(asked)
+            self._frames.notify_all()
+        return asked
+
     def update(self, lanes: Sequence[Lane], empty_frames: bool,
-               engine: Engine | None = None) -> None:
+               engine: Engine | None = None, asked_params: DetectParams | None = None) -> None:
         """Serve these cameras (with ``engine``, if given) from the next frame on, all in one
         swap. A replaced engine is closed by this thread after its last frame (never under a
         running invoke); a capture thread that has not ended yet keeps filling its old slot,
@@ -140,6 +169,8 @@ class InferenceWorker(StageThread):
         changes: dict[str, object] = {"lanes": tuple(lanes), "empty_frames": empty_frames}
         if engine is not None:
             changes["engine"] = engine
+        if asked_params is not None:
+            changes["asked_params"] = asked_params
         old = self._replace(**changes)
         if engine is not None and old.engine is not engine:
             self._retired.append(old.engine)  # only once no new frame can pick it up
@@ -153,15 +184,22 @@ class InferenceWorker(StageThread):
                     self._retired.popleft().close()
                 s = self._settings  # once per frame: a swap while waiting applies to the next
                 picked = self._next(s.lanes)
-                if picked is not None:
+                if isinstance(picked, Asked):
+                    self._answer(picked, s)
+                elif picked is not None:
                     self._infer(*picked, s)
         except BaseException as e:  # surfaced by the service, which stops with exit 1
             logger.exception("inference worker failed")
             self.error = e
 
-    def _next(self, lanes: tuple[Lane, ...]) -> tuple[Lane, Frame] | None:
-        """The next camera's frame, or None after waiting up to 0.1 s for one."""
+    def _next(self, lanes: tuple[Lane, ...]) -> Asked | tuple[Lane, Frame] | None:
+        """An image asked about, else the next camera's frame, or None after waiting up to
+        0.1 s for either."""
         with self._frames:
+            while self._asked:
+                asked = self._asked.popleft()
+                if not asked.cancelled:
+                    return asked
             ready = [lane for lane in lanes if lane.slot.ready]
             if not ready:
                 self._frames.wait(0.1)
@@ -197,3 +235,24 @@ class InferenceWorker(StageThread):
             s.engine.model_name, s.engine.backend, lat,
             detections_of(dets, det.spec.labels, w, h)))
         self._seqs[lane.camera] = seq + 1
+
+    def _answer(self, asked: Asked, s: WorkerSettings) -> None:
+        det = s.engine.detector
+        self.busy_since_mono = time.monotonic()
+        try:
+            t0 = time.perf_counter()
+            geom = det.preprocess(asked.image)
+            t1 = time.perf_counter()
+            det.invoke()
+            t2 = time.perf_counter()
+            asked.dets = det.postprocess(geom, s.asked_params)
+            t3 = time.perf_counter()
+            asked.labels = det.spec.labels
+            asked.latency = Latency(round((t1 - t0) * 1e3, 3), round((t2 - t1) * 1e3, 3),
+                                    round((t3 - t2) * 1e3, 3), round((t3 - t0) * 1e3, 3))
+            self._stats.asked(asked.latency)
+        except ValueError as e:  # an image the letterbox refuses (checked before: a bug)
+            asked.error = f"cannot infer this image: {e}"
+        finally:
+            self.busy_since_mono = None
+            asked.done.set()

@@ -25,16 +25,19 @@ from edged.api.messages import (
     Message,
     ProcessStatus,
     ReloadStatus,
+    SelfCheckStatus,
     SourceStatus,
     StatusMessage,
 )
 from edged.config import CameraConfig, Config, default_config, load_config, watched_labels
+from edged.engine.detector import DetectParams
 from edged.engine.engine import Engine, EngineConfig, open_engine
 from edged.engine.probe import ProbeCancelled
 from edged.errors import EXIT_OK, EXIT_RUNTIME, ConfigError, EdgedError
 from edged.pipeline.camera import Camera
 from edged.pipeline.capture import shown
 from edged.pipeline.events import CameraEvents, Numbering, settings_of
+from edged.pipeline.frigate import FrigateServer
 from edged.pipeline.mqtt import MqttBridge, camera_specs, files_stamp
 from edged.pipeline.publish import Publisher, PublishError
 from edged.pipeline.snapshots import SnapshotWriter
@@ -166,6 +169,7 @@ class Service:
         self.store: EventStore | None = None  # the event history (None: not configured)
         self.snapshots: SnapshotWriter | None = None
         self.mqtt: MqttBridge | None = None  # mqtt.enabled
+        self.frigate: FrigateServer | None = None  # frigate.enabled
         # Each camera's event and count seqs, by name: across reloads, a camera removed and
         # added back included (as det seqs are kept by the worker).
         self._numbering: dict[str, Numbering] = {}
@@ -259,6 +263,9 @@ class Service:
             snapshots=self.snapshots.state if self.snapshots and self.snapshots.directory
             else None,
             mqtt=self.mqtt.state if self.mqtt is not None else None,
+            self_check=SelfCheckStatus(**dataclasses.asdict(eng.self_check))
+            if eng and eng.self_check else None,
+            frigate=self.frigate.status() if self.frigate is not None else None,
             publish_dropped=self.publisher.dropped if self.publisher else 0,
             endpoints=self.publisher.bound if self.publisher else (),
             reload=self._reload_info)
@@ -348,6 +355,25 @@ class Service:
         return [c.lane(detect_params(self.cfg.detection_for(c.cfg), labels))
                 for c in self.cameras.values()]
 
+    def _asked_params(self, cfg: Config) -> DetectParams:
+        """What Frigate's requests are filtered with: the top-level ``detection``, every class
+        (Frigate chooses the objects it tracks)."""
+        assert self.engine is not None
+        # min_box_area is in camera-frame pixels: not for Frigate's regions
+        return dataclasses.replace(detect_params(cfg.detection, self.engine.detector.spec.labels),
+                                   allowed_classes=None, min_box_area=0.0)
+
+    def _start_frigate(self) -> FrigateServer | None:
+        """Bound before the model warms up (a busy port fails the start at once); it answers
+        Frigate's handshake from now on and its detection requests once the worker runs."""
+        if not self.cfg.frigate.enabled:
+            return None
+        server = FrigateServer(self.cfg.frigate, lambda: self.engine.model_name
+                               if self.engine else self.cfg.model.stem)
+        server.bind()
+        server.start()
+        return server
+
     def _log_context(self) -> None:
         CONTEXT.set(camera=",".join(self.cameras),
                     backend=self.engine.backend if self.engine else "none",
@@ -367,6 +393,7 @@ class Service:
         self.publisher = pub
         pub.start()
         self.mqtt = self._start_mqtt(self.cfg)
+        self.frigate = self._start_frigate()
         self._start_events()
         self._set_state("warming_up")
         self._model_stamp = model_stamp(self.cfg)
@@ -378,8 +405,11 @@ class Service:
                     self.engine.model_name, self.engine.backend, self.engine.runtime,
                     self.engine.warmup_ms, len(self.cameras), "s"[:len(self.cameras) > 1])
         self.worker = InferenceWorker(self.engine, self._lanes(), self.publisher.submit,
-                                      self.stats, self._frames, self.cfg.publish.empty_frames)
+                                      self.stats, self._frames, self.cfg.publish.empty_frames,
+                                      self._asked_params(self.cfg))
         self.worker.start()
+        if self.frigate is not None:
+            self.frigate.serve(self.worker.ask)
         for cam in self.cameras.values():
             cam.start()
         self._set_state("running")
@@ -459,6 +489,10 @@ class Service:
                     logger.error("stopping: the publisher thread failed (see above)")
                     code = EXIT_RUNTIME
                     break
+                if self.frigate is not None and not self.frigate.is_alive():
+                    logger.error("stopping: the Frigate server thread failed (see above)")
+                    code = EXIT_RUNTIME
+                    break
         finally:
             self.shutdown()
             for sig, old in handlers.items():
@@ -502,6 +536,9 @@ class Service:
         self._set_state("stopping")
         self.notifier.notify("STOPPING=1")
         deadline = time.monotonic() + STOP_BUDGET_S
+        if self.frigate is not None:  # no new requests; one waiting for the worker ends
+            self.frigate.stop()
+            self.frigate.join(0.5)
         for cam in self.cameras.values():
             cam.stop()
         if self.worker is not None:
@@ -714,6 +751,11 @@ class Service:
             kept = "; ".join(k for k in (kept, f"{restart} take a restart") if k)
             new = dataclasses.replace(new, events=dataclasses.replace(
                 new.events, **{k: getattr(old.events, k) for k in EVENTS_AT_START}))
+        if new.frigate != old.frigate:
+            logger.error("reload: frigate settings take a restart (systemctl restart edged); "
+                         "the running ones stay")
+            kept = "; ".join(k for k in (kept, "frigate takes a restart") if k)
+            new = dataclasses.replace(new, frigate=old.frigate)
         self._apply_cameras(new, engine)
         new, mqtt_kept = self._apply_mqtt(old, new)
         kept = "; ".join(k for k in (kept, mqtt_kept) if k) or None
@@ -805,12 +847,17 @@ class Service:
         with self._status_lock:
             self.cameras = cameras
             if engine is not None:
+                if self.frigate is not None and self.engine is not None and \
+                        engine.detector.spec.labels != self.engine.detector.spec.labels:
+                    logger.warning("reload: the new model's classes differ: write Frigate's "
+                                   "labelmap again (edged frigate-labelmap) and restart Frigate")
                 self.engine = engine
                 logger.info("reload: model %s on %s", engine.model_name, engine.backend)
             self.cfg = dataclasses.replace(self.cfg, cameras=new.cameras,
                                            detection=new.detection)
             # at the next frame boundary; a replaced engine is closed by the worker after it
-            self.worker.update(self._lanes(), new.publish.empty_frames, engine)
+            self.worker.update(self._lanes(), new.publish.empty_frames, engine,
+                               self._asked_params(new))
             now = time.time_ns()
             for events, reason in retired:  # a frame of the old lanes in flight finds it closed
                 events.close_all(now, reason)
