@@ -316,6 +316,9 @@ class InferenceConfig:
     self_check_min_agreement: float = setting(
         0.9, "Share of detections the accelerator and the CPU must both find (same class, "
         "IoU >= 0.8, scores within 0.1) for the accelerator to be used", UNIT)
+    self_check_interval_h: float = setting(
+        0.0, "Run the self-check again every this many hours while running (0: only when a "
+        "model is loaded); a failure moves inference to the CPU from then on", Num(0.0, 8760.0))
     self_check_images: tuple[Path, ...] | None = setting(
         None, "Photographs for the self-check (null: the bundled ones, of COCO objects; a model "
         "of other classes needs photos of what it detects, or the check is inconclusive)",

@@ -158,3 +158,49 @@ def test_sigterm_ends_a_start_hung_in_the_self_check(recording_delegate: Path, t
         time.sleep(0.5)  # well inside the blocked invoke
         code, took = d.stop()
     assert code == -signal.SIGTERM and took < 2.0, (code, took, d.stderr[-2000:])
+
+
+RECHECK_H = 0.0005  # 1.8 s
+
+
+def _going_bad(tmp_path: Path, delegate: Path, **inference: object) -> Path:
+    """A delegate honest for the warm-up and the check at start (4 invokes), corrupt after:
+    an NPU going bad while running, found by the periodic self-check."""
+    return write_config(
+        tmp_path / "edged.yaml", camera={"loop": True, "fps_limit": 5},
+        events={"enabled": False},
+        publish={"endpoints": [f"tcp://127.0.0.1:{free_port()}"], "status_interval_s": 0.2},
+        inference={"delegate": str(delegate), "self_check_interval_h": RECHECK_H,
+                   "delegate_options": {"conv": "last", "corrupt": "shift",
+                                        "corrupt_after": "4"}, **inference})
+
+
+def test_the_periodic_check_moves_a_delegate_gone_bad_to_the_cpu(
+        recording_delegate: Path, tmp_path: Path, speed: timing.Speed) -> None:
+    import yaml
+
+    cfg = _going_bad(tmp_path, recording_delegate)
+    pub = yaml.safe_load(cfg.read_text())["publish"]["endpoints"][0]
+    with Daemon(tmp_path, cfg) as d, Listener(pub, topics=("process",)) as sub:
+        _, first, _ = sub.wait_until(lambda m: m[1]["state"] == "running",
+                                     speed.start_deadline(base_s=2.0), "process/ running")
+        _, moved, _ = sub.wait_until(
+            lambda m: m[1]["backend"] == "cpu",
+            speed.deadline(n_frames=3 * 2 * 2, base_s=2 * RECHECK_H * 3600), "the move to the CPU")
+        code, _ = d.stop()
+        assert code == 0, d.stderr[-2000:]
+    assert first["backend"] == "external" and first["self_check"]["passed"] is True
+    assert moved["self_check"]["passed"] is False and moved["self_check"]["agreement"] < 0.9
+    assert moved["fallback_reason"].startswith("self-check: the external backend disagrees")
+    assert "moving inference to the CPU: self-check" in d.stderr
+    assert "Traceback" not in d.stderr
+
+
+def test_the_periodic_check_stops_with_exit_3_when_the_accelerator_is_required(
+        recording_delegate: Path, tmp_path: Path, speed: timing.Speed) -> None:
+    cfg = _going_bad(tmp_path, recording_delegate, require_accelerator=True)
+    with Daemon(tmp_path, cfg) as d:
+        code = d.proc.wait(speed.start_deadline(n_frames=12, base_s=2 * RECHECK_H * 3600 + 2))
+        assert code == 3, d.stderr[-2000:]
+    assert "inference stopped: accelerator required but unusable: self-check" in d.stderr
+    assert "Traceback" not in d.stderr

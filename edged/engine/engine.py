@@ -268,24 +268,48 @@ def open_engine(sidecar_path: Path, cfg: EngineConfig,
     return Engine(det, "cpu", runtime.name, soc, reason, ms, tried.check)
 
 
+def recheck(engine: Engine, cfg: EngineConfig) -> Engine | None:
+    """The self-check again on a running accelerator engine (the inference thread, between
+    frames): None if it still agrees (or cannot tell; ``engine.self_check`` is updated either
+    way), else a CPU engine to use instead, its reason saying why. AcceleratorUnavailable if the
+    accelerator is required."""
+    spec, runtime = engine.detector.spec, engine.detector.runtime
+    tried = _self_checked(engine.detector, engine.backend, spec, runtime, cfg, engine.warmup_ms,
+                          close=False)
+    engine.self_check = tried.check
+    if tried.det is not None:
+        return None
+    if cfg.require_accelerator:
+        if tried.cpu is not None:
+            tried.cpu.close()
+        raise AcceleratorUnavailable(f"accelerator required but unusable: {tried.reason}")
+    logger.warning("moving inference to the CPU: %s", tried.reason)
+    cpu = tried.cpu
+    if cpu is None:  # the check itself failed: a CPU interpreter of our own
+        cpu_path = spec.variant_path("cpu")
+        assert cpu_path is not None
+        cpu = Detector(spec, cpu_path, cfg.threads, runtime)
+    return Engine(cpu, "cpu", engine.runtime, engine.soc, tried.reason, 0.0, tried.check)
+
+
 def _self_checked(det: Detector, backend: str, spec: sidecar.ModelSpec, runtime: Runtime,
-                  cfg: EngineConfig, warmup_ms: float) -> _Tried:
+                  cfg: EngineConfig, warmup_ms: float, close: bool = True) -> _Tried:
     """``det`` (the accelerator's, warmed up) if the self-check does not find it wrong; else
     why not, with the check's CPU detector as the fallback. Whatever is not returned is
-    closed."""
-    cpu: Detector | None = None
+    closed (``det`` only if ``close``: a running engine is closed by its owner)."""
     try:
         check, cpu = _check(det, backend, spec, runtime, cfg)
     except (RuntimeError, ValueError, cv2.error) as e:  # an invoke failed (delegate or CPU)
-        det.close()
-        if cpu is not None:
-            cpu.close()
+        if close:
+            det.close()
         return _Tried(None, f"self-check failed: {first_line(e)}")
     except BaseException:
-        det.close()
+        if close:
+            det.close()
         raise
     if check.passed is False:
-        det.close()
+        if close:
+            det.close()
         return _Tried(None, (
             f"self-check: the {backend} backend disagrees with the CPU on the golden images "
             f"(agreement {check.agreement:.2f} < {cfg.self_check_min_agreement:.2f}: "

@@ -23,6 +23,7 @@ from edged.config import DetectionConfig
 from edged.core.types import Detections
 from edged.engine.detector import DetectParams
 from edged.engine.engine import Engine
+from edged.errors import EdgedError
 from edged.pipeline.events import CameraEvents
 from edged.pipeline.slot import Frame, LatestFrameSlot
 from edged.pipeline.stage import StageThread
@@ -81,6 +82,8 @@ class Asked:
     latency: Latency | None = None
 
 
+Recheck = Callable[[Engine], "Engine | None"]  # engine.recheck with the running settings
+
 CREDIT_BOUND = 1000  # keeps the credits bounded whatever the readiness pattern
 
 
@@ -117,7 +120,11 @@ class InferenceWorker(StageThread):
     def __init__(self, engine: Engine, lanes: Sequence[Lane],
                  publish: Callable[[Message], None], stats: PipelineStats,
                  frames: threading.Condition, empty_frames: bool = True,
-                 asked_params: DetectParams | None = None) -> None:
+                 asked_params: DetectParams | None = None,
+                 recheck: Recheck | None = None, recheck_every_s: float = 0.0) -> None:
+        """``recheck`` (every ``recheck_every_s``, between frames, on an accelerator engine):
+        the self-check again; a CPU engine it returns replaces the running one, and
+        ``on_engine`` (set by the owner) hears of it."""
         # A daemon thread, against our own rule, for the capture thread's reason: an invoke
         # stuck inside a wedged accelerator driver cannot be interrupted, and must not hold the
         # process past a bounded SIGTERM stop (the service joins this thread with a timeout;
@@ -135,6 +142,11 @@ class InferenceWorker(StageThread):
         # running invoke). deque: append and popleft are atomic.
         self._retired = deque[Engine]()
         self.busy_since_mono: float | None = None  # set while a frame is processed (watchdog)
+        self._recheck = recheck
+        self._recheck_every_s = 0.0
+        self._next_check = 0.0
+        self.recheck_every(recheck_every_s)
+        self.on_engine: Callable[[Engine, Engine], None] | None = None  # (old, new)
         self.error: BaseException | None = None
 
     @property
@@ -174,6 +186,7 @@ class InferenceWorker(StageThread):
         old = self._replace(**changes)
         if engine is not None and old.engine is not engine:
             self._retired.append(old.engine)  # only once no new frame can pick it up
+            self._next_check = time.monotonic() + self._recheck_every_s  # checked at load
         with self._frames:
             self._frames.notify_all()  # a wait for the old lanes ends now
 
@@ -183,11 +196,17 @@ class InferenceWorker(StageThread):
                 while self._retired:  # before the settings are read: never a retired engine
                     self._retired.popleft().close()
                 s = self._settings  # once per frame: a swap while waiting applies to the next
+                if self._recheck_every_s > 0 and time.monotonic() >= self._next_check:
+                    self._check_again(s.engine)
+                    continue
                 picked = self._next(s.lanes)
                 if isinstance(picked, Asked):
                     self._answer(picked, s)
                 elif picked is not None:
                     self._infer(*picked, s)
+        except EdgedError as e:  # one we say in a line (the accelerator required, and wrong)
+            logger.error("inference stopped: %s", e)
+            self.error = e
         except BaseException as e:  # surfaced by the service, which stops with exit 1
             logger.exception("inference worker failed")
             self.error = e
@@ -235,6 +254,37 @@ class InferenceWorker(StageThread):
             s.engine.model_name, s.engine.backend, lat,
             detections_of(dets, det.spec.labels, w, h)))
         self._seqs[lane.camera] = seq + 1
+
+    def recheck_every(self, seconds: float) -> None:
+        """The periodic self-check's interval (0: off), counted from now (a reload)."""
+        self._recheck_every_s = seconds if self._recheck is not None else 0.0
+        self._next_check = time.monotonic() + seconds
+
+    def _check_again(self, engine: Engine) -> None:
+        """The periodic self-check, on this thread (it owns the detector). An exception
+        (AcceleratorUnavailable: the accelerator is required) ends the worker like a failed
+        frame does; the service stops with its exit code."""
+        assert self._recheck is not None
+        self._next_check = time.monotonic() + self._recheck_every_s
+        if engine.backend == "cpu":
+            return
+        self.busy_since_mono = time.monotonic()  # a hang in the check is the watchdog's case
+        try:
+            new = self._recheck(engine)
+        finally:
+            self.busy_since_mono = None
+        if new is None:
+            return
+        with self._swap_lock:  # only if a reload has not replaced the engine meanwhile
+            swapped = self._settings.engine is engine
+            if swapped:
+                self._settings = dataclasses.replace(self._settings, engine=new)
+        if not swapped:
+            new.close()
+            return
+        engine.close()  # this thread, between frames
+        if self.on_engine is not None:
+            self.on_engine(engine, new)
 
     def _answer(self, asked: Asked, s: WorkerSettings) -> None:
         det = s.engine.detector

@@ -31,7 +31,7 @@ from edged.api.messages import (
 )
 from edged.config import CameraConfig, Config, default_config, load_config, watched_labels
 from edged.engine.detector import DetectParams
-from edged.engine.engine import Engine, EngineConfig, open_engine
+from edged.engine.engine import Engine, EngineConfig, open_engine, recheck
 from edged.engine.probe import ProbeCancelled
 from edged.errors import EXIT_OK, EXIT_RUNTIME, ConfigError, EdgedError
 from edged.pipeline.camera import Camera
@@ -203,6 +203,14 @@ class Service:
         if self.publisher is not None:
             self.publisher.send_status(messages)
         self.notifier.notify(f"STATUS={self.status_line()}")
+
+    def _on_engine(self, old: Engine, new: Engine) -> None:
+        """The periodic self-check moved inference to the CPU (the worker's thread)."""
+        with self._status_lock:
+            if self.engine is old:
+                self.engine = new
+                self._log_context()
+                self._changed(self._statuses())
 
     def _on_camera(self, cam: Camera) -> None:
         """A camera's source went up or down (its capture thread)."""
@@ -404,9 +412,12 @@ class Service:
         logger.info("model %s on %s via %s, warm-up %.0f ms, %d camera%s",
                     self.engine.model_name, self.engine.backend, self.engine.runtime,
                     self.engine.warmup_ms, len(self.cameras), "s"[:len(self.cameras) > 1])
-        self.worker = InferenceWorker(self.engine, self._lanes(), self.publisher.submit,
-                                      self.stats, self._frames, self.cfg.publish.empty_frames,
-                                      self._asked_params(self.cfg))
+        self.worker = InferenceWorker(
+            self.engine, self._lanes(), self.publisher.submit, self.stats, self._frames,
+            self.cfg.publish.empty_frames, self._asked_params(self.cfg),
+            lambda eng: recheck(eng, EngineConfig.of(self.cfg.inference)),
+            self.cfg.inference.self_check_interval_h * 3600)
+        self.worker.on_engine = self._on_engine
         self.worker.start()
         if self.frigate is not None:
             self.frigate.serve(self.worker.ask)
@@ -483,7 +494,7 @@ class Service:
                 self._check_reload_deadline(now)
                 if self.worker is not None and self.worker.error is not None:
                     logger.error("stopping: inference failed: %s", self.worker.error)
-                    code = EXIT_RUNTIME
+                    code = getattr(self.worker.error, "exit_code", EXIT_RUNTIME)
                     break
                 if self.publisher is not None and not self.publisher.is_alive():
                     logger.error("stopping: the publisher thread failed (see above)")
@@ -761,6 +772,8 @@ class Service:
         kept = "; ".join(k for k in (kept, mqtt_kept) if k) or None
         if self.snapshots is not None:
             self.snapshots.crop = new.events.snapshot_crop  # from the next picture on
+        if new.inference.self_check_interval_h != old.inference.self_check_interval_h:
+            self.worker.recheck_every(new.inference.self_check_interval_h * 3600)
         if new.log_level != old.log_level:
             logging.getLogger().setLevel(new.log_level.upper())
         self.cfg = new

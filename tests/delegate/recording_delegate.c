@@ -35,6 +35,8 @@
  *                                    out[n][y][x][c] = computed[n][y][x-1][c] for x >= 1, column 0
  *                                    keeps its own value (boxes land one cell to the right)
  *                             none   honest (the default)
+ *           corrupt_after=N   compute honestly for the first N invokes of each interpreter's
+ *                             claimed conv, then corrupt (an NPU going bad while running)
  *           any other key     recorded only
  *
  * Build: gcc -shared -fPIC -O2 -o librecording_delegate.so recording_delegate.c
@@ -184,6 +186,7 @@ typedef struct {
   int conv_last;             /* conv=last; -1: another value */
   int corrupt;               /* CORRUPT_*; -1: corrupt given, an unknown mode */
   int corrupt_given;
+  long corrupt_after;
   struct Conv *pending;      /* made by Prepare, taken by conv_kernel_init */
 } State;
 
@@ -293,6 +296,7 @@ static TfLiteStatus claim_quantize(TfLiteContext *context, TfLiteDelegate *deleg
 typedef struct Conv {
   int type; /* kTfLiteInt8 or kTfLiteFloat32, for all of input, filter and output */
   int corrupt;
+  long corrupt_after, invokes; /* corrupt only invokes after the first corrupt_after */
   int in, filter, bias, out; /* tensor indices; bias < 0: none */
   int batches, in_h, in_w, in_c, out_h, out_w, out_c, k_h, k_w;
   int stride_h, stride_w, dil_h, dil_w, pad_top, pad_left;
@@ -529,8 +533,10 @@ static void conv_kernel_free(TfLiteContext *context, void *buffer) {
 }
 
 static TfLiteStatus conv_kernel_invoke(TfLiteContext *context, TfLiteNode *node) {
-  const Conv *c = (const Conv *)node->user_data;
+  Conv *c = (Conv *)node->user_data;
   if (!c) return kTfLiteError;
+  c->invokes++;
+  const int corrupt = c->invokes > c->corrupt_after ? c->corrupt : CORRUPT_NONE;
   const TfLiteTensor *in = &context->tensors[c->in];
   const TfLiteTensor *f = &context->tensors[c->filter];
   const TfLiteTensor *b = c->bias >= 0 ? &context->tensors[c->bias] : NULL;
@@ -550,12 +556,12 @@ static TfLiteStatus conv_kernel_invoke(TfLiteContext *context, TfLiteNode *node)
   else
     conv_float(c, (const float *)in->data, (const float *)f->data,
                b ? (const float *)b->data : NULL, (float *)out->data);
-  if (c->corrupt == CORRUPT_ZEROS) {
+  if (corrupt == CORRUPT_ZEROS) {
     if (c->type == kTfLiteInt8)
       memset(out->data, (int8_t)c->out_zp, out->bytes);
     else
       for (size_t i = 0; i < out->bytes / 4; i++) ((float *)out->data)[i] = 0.0f;
-  } else if (c->corrupt == CORRUPT_SHIFT) {
+  } else if (corrupt == CORRUPT_SHIFT) {
     for (size_t row = 0; row < (size_t)c->batches * c->out_h; row++) {
       char *r = (char *)out->data + row * c->out_w * pixel;
       memmove(r + pixel, r, (size_t)(c->out_w - 1) * pixel);
@@ -583,6 +589,7 @@ static TfLiteStatus claim_conv(TfLiteContext *context, TfLiteDelegate *delegate)
   }
   Conv *c = conv_describe(context, index, node, s->corrupt);
   if (!c) return kTfLiteError;
+  c->corrupt_after = s->corrupt_after;
   conv_free(s->pending);
   s->pending = c;
   TfLiteRegistration kernel;
@@ -649,6 +656,7 @@ TfLiteDelegate *tflite_plugin_create_delegate(char **keys, char **values, size_t
       snprintf(s->record_file, sizeof s->record_file, "%s", values[i]);
     if (strcmp(keys[i], "sleep_ms") == 0) s->sleep_ms = strtol(values[i], NULL, 10);
     if (strcmp(keys[i], "hang_after") == 0) s->hang_after = strtol(values[i], NULL, 10);
+    if (strcmp(keys[i], "corrupt_after") == 0) s->corrupt_after = strtol(values[i], NULL, 10);
     if (strcmp(keys[i], "conv") == 0) s->conv_last = strcmp(values[i], "last") == 0 ? 1 : -1;
     if (strcmp(keys[i], "corrupt") == 0) {
       s->corrupt_given = 1;
