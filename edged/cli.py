@@ -388,7 +388,17 @@ def _add_frigate_labelmap(sub: argparse._SubParsersAction[_Parser]) -> None:
                      help="the daemon's config file: its model")
     p.add_argument("-o", "--output", type=Path, default=None, metavar="FILE",
                    help="write FILE instead of printing")
+    p.add_argument("--model-names", action="store_true",
+                   help="keep the model's own names (darknet's motorbike, aeroplane, sofa, "
+                        "...) instead of the COCO names Frigate uses (motorcycle, airplane, "
+                        "couch, ...)")
     p.set_defaults(func=_cmd_frigate_labelmap)
+
+
+# darknet's coco.names (the shipped model's, VOC-era) -> the COCO names Frigate uses in its own
+# labelmaps, objects.track and UI: with these, `objects: track: [motorcycle]` means what it says.
+FRIGATE_NAMES = {"motorbike": "motorcycle", "aeroplane": "airplane", "sofa": "couch",
+                 "pottedplant": "potted plant", "diningtable": "dining table", "tvmonitor": "tv"}
 
 
 def _cmd_frigate_labelmap(args: argparse.Namespace) -> int:
@@ -398,6 +408,8 @@ def _cmd_frigate_labelmap(args: argparse.Namespace) -> int:
 
     model = load_config(args.config).model if args.config else args.model or DEFAULT_MODEL
     labels = sidecar.load(model).labels
+    if not args.model_names:
+        labels = tuple(FRIGATE_NAMES.get(label, label) for label in labels)
     # Frigate's own indexed format ("<id> <label>" lines): a label is whatever follows the
     # first space, so labels with spaces ("traffic light") survive.
     text = "".join(f"{i} {label}\n" for i, label in enumerate(labels))

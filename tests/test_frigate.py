@@ -218,9 +218,18 @@ def test_labelmap_names_edged_class_ids_for_frigate(tmp_path: Path) -> None:
     proc = run_edged("frigate-labelmap", "-o", str(out))
     assert proc.returncode == 0, proc.stderr
     labels = load_labels(str(out))  # as Frigate reads model.labelmap_path
-    assert [labels[i] for i in range(len(SPEC.labels))] == list(SPEC.labels)
     assert labels[14] == "bird" == SPEC.labels[14]
     assert SPEC.labels[9] == labels[9] == "traffic light"  # a label with a space survives
+    # Frigate's COCO names where darknet's differ (Frigate's coco-80.txt, read 2026-07-23:
+    # 3 motorcycle, 4 airplane, 57 couch, 58 potted plant, 60 dining table, 62 tv)
+    renamed = {3: "motorcycle", 4: "airplane", 57: "couch", 58: "potted plant",
+               60: "dining table", 62: "tv"}
+    assert {i: labels[i] for i in renamed} == renamed
+    assert [labels[i] for i in range(len(SPEC.labels)) if i not in renamed] == \
+        [x for i, x in enumerate(SPEC.labels) if i not in renamed]
+    assert SPEC.labels[3] == "motorbike"  # the model's own name, kept with --model-names
+    proc = run_edged("frigate-labelmap", "--model-names")
+    assert proc.stdout.splitlines()[3] == "3 motorbike"
 
 
 def test_frigate_started_before_edged(tmp_path: Path, assets: Assets,
