@@ -297,3 +297,47 @@ def test_busy_frigate_port_is_one_line_and_exit_2(tmp_path: Path) -> None:
     line = one_line_error(proc)
     assert f"frigate.endpoint: cannot bind tcp://127.0.0.1:{port}" in line, line
     assert "another process is using the port" in line
+
+
+def test_curve_lets_only_authorized_clients_ask(tmp_path: Path, speed: timing.Speed) -> None:
+    """frigate.curve, as publish.curve: for clients that can use it (Frigate's cannot)."""
+    import zmq.auth
+
+    keys, clients = tmp_path / "keys", tmp_path / "clients"
+    keys.mkdir()
+    clients.mkdir()
+    server_pub, server_sec = zmq.auth.create_certificates(str(keys), "server")
+    client_pub, client_sec = zmq.auth.create_certificates(str(keys), "client")
+    _, stranger_sec = zmq.auth.create_certificates(str(keys), "stranger")
+    Path(client_pub).rename(clients / "client.key")
+    fr, pub = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    cfg = _config(tmp_path, fr, pub, curve={"server_secret_key": server_sec,
+                                            "authorized_keys_dir": str(clients)})
+    hello = [json.dumps({"model_request": True, "model_name": "m"}).encode()]
+    ctx = zmq.Context()
+
+    def ask(secret: str | None, wait_s: float) -> bool:
+        sock = ctx.socket(zmq.REQ)
+        sock.setsockopt(zmq.LINGER, 0)
+        if secret is not None:
+            sock.curve_serverkey = zmq.auth.load_certificate(server_pub)[0]
+            sock.curve_publickey, sock.curve_secretkey = zmq.auth.load_certificate(secret)
+        sock.connect(fr)
+        try:
+            sock.send_multipart(hello)
+            if not sock.poll(int(wait_s * 1000)):
+                return False
+            return bool(json.loads(sock.recv_multipart()[0])["model_loaded"])
+        finally:
+            sock.close(linger=0)
+
+    try:
+        with Daemon(tmp_path, cfg) as d:
+            d.wait_stderr("state: warming_up -> running", speed.start_deadline())
+            assert ask(client_sec, speed.deadline(base_s=2.0))
+            assert not ask(stranger_sec, 2.0)  # refused by the ZAP handler: never answered
+            assert not ask(None, 1.0)  # plain text: never answered
+            code, _ = d.stop()
+            assert code == 0, d.stderr[-2000:]
+    finally:
+        ctx.term()

@@ -22,7 +22,7 @@ The protocol is the one Frigate's client speaks (``frigate/detectors/plugins/zmq
 Requests go to the one inference worker ahead of every camera's frame (InferenceWorker.ask): a
 request waits at most for the frame being inferred when it arrived.
 
-What a peer can cost: one request is bounded (``MAX_SIDE``, one queued per peer), but ZeroMQ
+What a peer can cost: one request is bounded (``MAX_SIDE``, two queued per peer), but ZeroMQ
 queues the frames of a multipart message that never ends without bound, and Frigate's client
 has no CURVE: the endpoint must be reachable by Frigate only (README: Frigate, Security).
 """
@@ -67,7 +67,9 @@ MAX_HEADER_BYTES = 4096
 # One request: its header and a MAX_SIDE² float32 image. ZeroMQ refuses a larger frame before
 # allocating it and disconnects the peer.
 MAX_FRAME_BYTES = MAX_SIDE * MAX_SIDE * 3 * 4
-RCVHWM = 1  # requests queued per peer (Frigate's REQ socket has one in flight)
+# Requests queued per peer (Frigate's REQ socket has one in flight). Not 1: with CURVE, libzmq
+# then delivers nothing at all (pyzmq 26 / libzmq 4.3, tests/test_frigate.py's CURVE test).
+RCVHWM = 2
 ANSWER_WAIT_S = 30.0  # the worker's answer, at most (a wedged accelerator: the watchdog's case)
 LATENCY_WINDOW = 1000
 WARN_EVERY_S = 60.0  # the same refusal reason is logged at most this often
