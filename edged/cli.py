@@ -34,6 +34,7 @@ MAX_IMAGE_PIXELS = 1 << 27
 RUNS = (1, 100_000)
 SUB_TIMEOUT_S = (0.0, 86_400.0)
 SUB_COUNT = (0, 1 << 31)
+MODEL_HELP = "model sidecar .yaml (default: the shipped COCO yolov3-tiny)"
 
 
 def _number(kind: type[int] | type[float], lo: float, hi: float) -> Callable[[str], int | float]:
@@ -145,7 +146,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and backend")
     g.add_argument("--model", type=Path, default=None,
-                   help="model sidecar .yaml (default: the shipped COCO yolov3-tiny)")
+                   help=MODEL_HELP)
     g.add_argument("--delegate", default=InferenceConfig.delegate,
                    help=f"{_doc(InferenceConfig, 'delegate')}; default "
                         f"{InferenceConfig.delegate}")
@@ -383,7 +384,7 @@ def _add_frigate_labelmap(sub: argparse._SubParsersAction[_Parser]) -> None:
                     "COCO's 91 ids, where edged's bird, 14, would read 'bench').")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", type=Path, default=None,
-                     help="model sidecar .yaml (default: the shipped COCO yolov3-tiny)")
+                     help=MODEL_HELP)
     src.add_argument("--config", type=Path, default=None,
                      help="the daemon's config file: its model")
     p.add_argument("-o", "--output", type=Path, default=None, metavar="FILE",

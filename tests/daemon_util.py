@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,6 +17,7 @@ from typing import Any
 
 import yaml
 import zmq
+import zmq.auth
 
 from tests.conftest import REPO
 
@@ -24,6 +26,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def curve_keys(tmp_path: Path, clients: tuple[str, ...], authorized: tuple[str, ...]
+               ) -> tuple[dict[str, tuple[str, str]], Path]:
+    """A server key pair and client key pairs (zmq certificate files: public, secret), and the
+    authorized_keys_dir holding the public keys of ``authorized``."""
+    certs, allowed = tmp_path / "certs", tmp_path / "allowed"
+    certs.mkdir()
+    allowed.mkdir()
+    keys = {n: zmq.auth.create_certificates(str(certs), n) for n in ("server", *clients)}
+    for n in authorized:
+        shutil.copy(keys[n][0], allowed)
+    return keys, allowed
 
 
 def write_config(path: Path, **sections: Any) -> Path:

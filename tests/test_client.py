@@ -15,7 +15,7 @@ from edged.api.messages import SCHEMA_VERSION
 from edged.errors import EXIT_USAGE
 from edged.media import SAMPLE_CLIP
 from tests.conftest import one_line_error, run_edged
-from tests.daemon_util import Daemon, free_port, write_config
+from tests.daemon_util import Daemon, curve_keys, free_port, write_config
 from tests.timing import Speed
 
 
@@ -63,14 +63,9 @@ def test_sub_times_out_cleanly() -> None:
 
 
 def test_curve_only_authorized_clients(tmp_path: Path, speed: Speed) -> None:
-    keys = tmp_path / "keys"
-    clients = tmp_path / "clients"
-    keys.mkdir()
-    clients.mkdir()
-    server_pub, server_sec = zmq.auth.create_certificates(str(keys), "server")
-    client_pub, client_sec = zmq.auth.create_certificates(str(keys), "client")
-    _, stranger_sec = zmq.auth.create_certificates(str(keys), "stranger")
-    Path(client_pub).rename(clients / "client.key")
+    keys, clients = curve_keys(tmp_path, ("client", "stranger"), ("client",))
+    (server_pub, server_sec), client_sec = keys["server"], keys["client"][1]
+    stranger_sec = keys["stranger"][1]
     port = free_port()
     cfg = _cfg(tmp_path, port, curve={"server_secret_key": server_sec,
                                       "authorized_keys_dir": str(clients)})

@@ -26,7 +26,7 @@ from edged.pipeline.frigate import Refused, decode_image
 from tests import timing
 from tests.coco_util import coco_map50
 from tests.conftest import one_line_error, run_edged
-from tests.daemon_util import Daemon, Listener, free_port, write_config
+from tests.daemon_util import Daemon, Listener, curve_keys, free_port, write_config
 from tests.frigate_client import ROWS, Detector, load_labels, region_tensor
 
 SPEC = sidecar.load(DEFAULT_MODEL)
@@ -303,13 +303,9 @@ def test_curve_lets_only_authorized_clients_ask(tmp_path: Path, speed: timing.Sp
     """frigate.curve, as publish.curve: for clients that can use it (Frigate's cannot)."""
     import zmq.auth
 
-    keys, clients = tmp_path / "keys", tmp_path / "clients"
-    keys.mkdir()
-    clients.mkdir()
-    server_pub, server_sec = zmq.auth.create_certificates(str(keys), "server")
-    client_pub, client_sec = zmq.auth.create_certificates(str(keys), "client")
-    _, stranger_sec = zmq.auth.create_certificates(str(keys), "stranger")
-    Path(client_pub).rename(clients / "client.key")
+    keys, clients = curve_keys(tmp_path, ("client", "stranger"), ("client",))
+    (server_pub, server_sec), client_sec = keys["server"], keys["client"][1]
+    stranger_sec = keys["stranger"][1]
     fr, pub = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     cfg = _config(tmp_path, fr, pub, curve={"server_secret_key": server_sec,
                                             "authorized_keys_dir": str(clients)})

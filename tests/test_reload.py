@@ -22,7 +22,7 @@ import zmq.auth
 
 from edged.media import SAMPLE_CLIP
 from edged.models import DEFAULT_MODEL
-from tests.daemon_util import Daemon, FakeSystemd, Listener, free_port, is_det
+from tests.daemon_util import Daemon, FakeSystemd, Listener, curve_keys, free_port, is_det
 from tests.timing import Speed
 
 STOP_BOUND_S = 2.0  # SIGTERM -> exit 0 within 2 s, whatever the daemon is doing
@@ -176,19 +176,6 @@ def test_rejected_endpoint_is_reported_and_retried(tmp_path: Path, speed: Speed)
     assert not _contiguous(_seqs(sub))  # the first endpoint was never rebound
 
 
-def _curve_keys(tmp_path: Path, clients: tuple[str, ...], authorized: tuple[str, ...]
-                ) -> tuple[dict[str, tuple[str, str]], Path]:
-    """A server key pair and client key pairs (zmq certificate files), and the
-    authorized_keys_dir holding the public keys of ``authorized``."""
-    certs, allowed = tmp_path / "certs", tmp_path / "allowed"
-    certs.mkdir()
-    allowed.mkdir()
-    keys = {n: zmq.auth.create_certificates(str(certs), n) for n in ("server", *clients)}
-    for n in authorized:
-        shutil.copy(keys[n][0], allowed)
-    return keys, allowed
-
-
 class _CurveSub:
     def __init__(self, endpoint: str, server_public: bytes, cert: Path) -> None:
         self.ctx = zmq.Context()
@@ -232,7 +219,7 @@ def test_curve_key_revocation_and_addition_apply_on_reload(tmp_path: Path,
     """#2: a removed client key kept receiving (even on new connections) and a new key was
     refused until a restart; SIGHUP said "configuration unchanged". Now a revoked client is
     cut off at the reload, the others reconnect, and a new key is let in."""
-    keys, allowed = _curve_keys(tmp_path, ("alice", "bob", "carol"), ("alice", "bob"))
+    keys, allowed = curve_keys(tmp_path, ("alice", "bob", "carol"), ("alice", "bob"))
     server_public, _ = zmq.auth.load_certificate(keys["server"][0])
     port = free_port()
     ep = f"tcp://127.0.0.1:{port}"
@@ -476,7 +463,7 @@ def test_curve_changes_never_release_the_port(tmp_path: Path, speed: Speed) -> N
     to any local process spinning on bind() (10 runs in 11): subscribers then reconnected to
     it, and edged said the publish settings stayed. Now a revocation ends the connections on
     the bound socket, and turning CURVE on (or a new server key) is refused until a restart."""
-    keys, allowed = _curve_keys(tmp_path, ("a", "b"), ("a", "b"))
+    keys, allowed = curve_keys(tmp_path, ("a", "b"), ("a", "b"))
     port = free_port()
     plain = _base(port)
     curved = _base(port, publish={"curve": {"server_secret_key": keys["server"][1],
@@ -512,7 +499,7 @@ def test_unreadable_key_files_are_refused_and_later_reloads_work(tmp_path: Path,
     """A FIFO dropped into authorized_keys_dir wedged the reload at "reading" for ever (pyzmq
     opens every *.key file there): every later SIGHUP was ignored, so a revocation never took
     effect. Now it is refused in one line (partial) and the next reload works."""
-    keys, allowed = _curve_keys(tmp_path, ("a", "b"), ("a", "b"))
+    keys, allowed = curve_keys(tmp_path, ("a", "b"), ("a", "b"))
     port = free_port()
     conf = _base(port, publish={"curve": {"server_secret_key": keys["server"][1],
                                           "authorized_keys_dir": str(allowed)}})

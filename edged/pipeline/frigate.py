@@ -30,10 +30,8 @@ has no CURVE: the endpoint must be reachable by Frigate only (README: Frigate, S
 from __future__ import annotations
 
 import collections
-import errno
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -42,7 +40,6 @@ from typing import Any
 import cv2
 import numpy as np
 import zmq
-import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 from edged.api.messages import FrigateStatus, Percentiles
@@ -50,11 +47,11 @@ from edged.config import FrigateConfig
 from edged.core.types import Detections
 from edged.errors import ConfigError
 from edged.pipeline.publish import (
-    LOOPBACK_HOSTS,
     ZAP_DOMAIN,
-    _check_ipc_path,
-    _client_keys,
-    _server_key,
+    bind_endpoint,
+    exposed,
+    serve_curve,
+    start_authenticator,
 )
 from edged.pipeline.stage import StageThread
 from edged.pipeline.worker import Asked
@@ -161,10 +158,6 @@ def decode_image(header: dict[str, Any], data: bytes, cfg: FrigateConfig) -> np.
     return np.ascontiguousarray(arr)
 
 
-def _tcp_host(ep: str) -> str | None:
-    return ep[6:].rsplit(":", 1)[0] if ep.startswith("tcp://") else None
-
-
 class FrigateServer(StageThread):
     """The thread that owns the REP socket Frigate's detector talks to."""
 
@@ -182,7 +175,7 @@ class FrigateServer(StageThread):
         self.handshakes = self.requests = self.refused = self.late = 0
         self.last_error: str | None = None
         self._names: set[str] = set()  # model names Frigate asked for (logged once each)
-        self._warned: dict[str, float] = {}  # refusal reason -> last logged (monotonic)
+        self._warned: dict[str, float] = {}  # kind of refusal -> last logged (monotonic)
 
     # --- setup, in the caller's thread before start() --------------------------------------
     def bind(self) -> None:
@@ -193,27 +186,10 @@ class FrigateServer(StageThread):
             sock.setsockopt(zmq.RCVHWM, RCVHWM)
             sock.setsockopt(zmq.LINGER, 0)
             if self.cfg.curve is not None:
-                public, secret = _server_key(self.cfg.curve, "frigate")
-                keys = _client_keys(self.cfg.curve, "frigate")
-                self._auth = ThreadAuthenticator(self._ctx)
-                self._auth.start()
-                self._auth.configure_curve(
-                    domain=ZAP_DOMAIN.decode(),
-                    location=zmq.auth.CURVE_ALLOW_ANY if keys is None
-                    else str(self.cfg.curve.authorized_keys_dir))
+                self._auth = start_authenticator(self._ctx)
                 sock.zap_domain = ZAP_DOMAIN
-                sock.curve_secretkey, sock.curve_publickey = secret, public
-                sock.curve_server = True
-            if ep.startswith("ipc://"):
-                _check_ipc_path(ep[6:], where)
-            try:
-                sock.bind(ep)
-            except zmq.ZMQError as e:
-                hint = " (another process is using the port)" \
-                    if e.errno == errno.EADDRINUSE else ""
-                raise FrigateError(f"{where}: cannot bind {ep}: {e.strerror}{hint}") from e
-            if ep.startswith("ipc://"):
-                os.chmod(ep[6:], self.cfg.ipc_mode)
+                serve_curve(sock, self._auth, self.cfg.curve, "frigate")
+            bind_endpoint(sock, ep, where, self.cfg.ipc_mode)
         except ConfigError as e:
             self._close(sock)
             raise FrigateError(str(e)) from None
@@ -221,10 +197,7 @@ class FrigateServer(StageThread):
             self._close(sock)
             raise
         self._sock = sock
-        host = _tcp_host(ep)
-        exposed = host is not None and host not in LOOPBACK_HOSTS and \
-            not host.startswith("127.")
-        if exposed and (self.cfg.curve is None or self.cfg.curve.authorized_keys_dir is None):
+        if exposed(ep) and (self.cfg.curve is None or self.cfg.curve.authorized_keys_dir is None):
             logger.warning("%s: %s is reachable from other machines and any peer there may ask "
                            "for detections; bind it to the address Frigate reaches, behind a "
                            "firewall (README: Frigate)", where, ep)

@@ -99,6 +99,61 @@ def _tcp_port(ep: str) -> int | None:
     return int(tail) if tail.isdigit() else None
 
 
+def exposed(ep: str) -> bool:
+    """Can other machines reach this endpoint (a tcp one not bound to loopback)?"""
+    host = ep[6:].rsplit(":", 1)[0] if ep.startswith("tcp://") else "localhost"
+    return host not in LOOPBACK_HOSTS and not host.startswith("127.")
+
+
+def bind_endpoint(sock: zmq.Socket[bytes], ep: str, where: str, ipc_mode: int) -> None:
+    """Bind ``ep`` (an ipc path: never stolen from a live process, given ``ipc_mode``);
+    PublishError naming ``where`` if it cannot be."""
+    if ep.startswith("ipc://"):
+        _check_ipc_path(ep[6:], where)
+    try:
+        sock.bind(ep)
+    except zmq.ZMQError as e:
+        hint = " (another process is using the port)" if e.errno == errno.EADDRINUSE else ""
+        raise PublishError(f"{where}: cannot bind {ep}: {e.strerror}{hint}") from e
+    if ep.startswith("ipc://"):
+        os.chmod(ep[6:], ipc_mode)
+
+
+def start_authenticator(ctx: zmq.Context[zmq.Socket[bytes]]) -> ThreadAuthenticator:
+    """The ZAP handler thread of ``ctx`` (PublishError if it cannot start)."""
+    auth = ThreadAuthenticator(ctx)
+    try:
+        auth.start()
+    except (RuntimeError, OSError, zmq.ZMQError) as e:
+        # Its sockets must not keep the context from terminating (a hang at exit).
+        for sock in (getattr(auth, "zap_socket", None), getattr(auth, "pipe", None),
+                     getattr(getattr(auth, "thread", None), "pipe", None)):
+            if sock is not None:
+                sock.close(linger=0)
+        raise PublishError(f"cannot start the ZeroMQ authentication thread ({first_line(e)}); "
+                           "is the system call filter too strict?") from e
+    return auth
+
+
+def serve_curve(sock: zmq.Socket[bytes], auth: ThreadAuthenticator, curve: CurveConfig,
+                section: str) -> tuple[tuple[bytes, bytes], frozenset[bytes] | None]:
+    """Make ``sock`` a CURVE server with ``curve``'s keys, its clients checked by ``auth``.
+    Returns the server key pair and the authorized client keys (None: any client)."""
+    public, secret = _server_key(curve, section)
+    keys = _client_keys(curve, section)
+    configure_auth(auth, curve)
+    sock.curve_secretkey = secret
+    sock.curve_publickey = public
+    sock.curve_server = True
+    return (public, secret), keys
+
+
+def configure_auth(auth: ThreadAuthenticator, curve: CurveConfig) -> None:
+    location = str(curve.authorized_keys_dir) if curve.authorized_keys_dir \
+        else zmq.auth.CURVE_ALLOW_ANY
+    auth.configure_curve(domain=ZAP_DOMAIN.decode(), location=location)
+
+
 def _warn_if_exposed(cfg: PublishConfig) -> None:
     """Say it when strangers can reach the socket: what a peer may cost is bounded for single
     frames (MAX_INBOUND_BYTES) but not for the number of distinct subscriptions or the parts of
@@ -106,8 +161,7 @@ def _warn_if_exposed(cfg: PublishConfig) -> None:
     if cfg.curve is not None and cfg.curve.authorized_keys_dir is not None:
         return
     for i, ep in enumerate(cfg.endpoints):
-        host = ep[6:].rsplit(":", 1)[0] if ep.startswith("tcp://") else "localhost"
-        if host not in LOOPBACK_HOSTS and not host.startswith("127."):
+        if exposed(ep):
             logger.warning("publish.endpoints[%d]: %s is reachable from other machines and "
                            "any peer there is let in; use CURVE with authorized_keys_dir "
                            "(README: Encryption and access control)", i, ep)
@@ -254,16 +308,7 @@ class Publisher(StageThread):
         self._sock = sock
 
     def _bind_one(self, sock: zmq.Socket[bytes], cfg: PublishConfig, ep: str) -> None:
-        where = f"publish.endpoints[{cfg.endpoints.index(ep)}]"
-        if ep.startswith("ipc://"):
-            _check_ipc_path(ep[6:], where)
-        try:
-            sock.bind(ep)
-        except zmq.ZMQError as e:
-            hint = " (another process is using the port)" if e.errno == errno.EADDRINUSE else ""
-            raise PublishError(f"{where}: cannot bind {ep}: {e.strerror}{hint}") from e
-        if ep.startswith("ipc://"):
-            os.chmod(ep[6:], cfg.ipc_mode)
+        bind_endpoint(sock, ep, f"publish.endpoints[{cfg.endpoints.index(ep)}]", cfg.ipc_mode)
         self.bound = (*self.bound, ep)
         logger.info("publishing on %s", ep)
 
@@ -274,37 +319,17 @@ class Publisher(StageThread):
         logger.info("no longer publishing on %s", ep)
 
     def _setup_curve(self, sock: zmq.Socket[bytes], curve: CurveConfig) -> None:
-        public, secret = _server_key(curve)
-        keys = _client_keys(curve)
         self._start_auth()
-        self._configure_auth(curve)
-        self._client_keys = keys
-        self._server = (public, secret)
-        sock.curve_secretkey = secret
-        sock.curve_publickey = public
-        sock.curve_server = True
+        assert self._auth is not None
+        self._server, self._client_keys = serve_curve(sock, self._auth, curve, "publish")
 
     def _start_auth(self) -> None:
-        if self._auth is not None:
-            return
-        auth = ThreadAuthenticator(self._ctx)
-        try:
-            auth.start()
-        except (RuntimeError, OSError, zmq.ZMQError) as e:
-            # Its sockets must not keep the context from terminating (a hang at exit).
-            for sock in (getattr(auth, "zap_socket", None), getattr(auth, "pipe", None),
-                         getattr(getattr(auth, "thread", None), "pipe", None)):
-                if sock is not None:
-                    sock.close(linger=0)
-            raise PublishError(f"cannot start the ZeroMQ authentication thread ({first_line(e)}); "
-                               "is the system call filter too strict?") from e
-        self._auth = auth
+        if self._auth is None:
+            self._auth = start_authenticator(self._ctx)
 
     def _configure_auth(self, curve: CurveConfig) -> None:
         assert self._auth is not None
-        location = str(curve.authorized_keys_dir) if curve.authorized_keys_dir \
-            else zmq.auth.CURVE_ALLOW_ANY
-        self._auth.configure_curve(domain=ZAP_DOMAIN.decode(), location=location)
+        configure_auth(self._auth, curve)
 
     # --- reconfiguration (any thread asks; the publisher thread does it) -------------------
     def keys_changed(self, cfg: PublishConfig) -> bool:

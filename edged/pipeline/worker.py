@@ -21,7 +21,7 @@ import numpy as np
 from edged.api.messages import DetMessage, FrameSize, Latency, Message, detections_of
 from edged.config import DetectionConfig
 from edged.core.types import Detections
-from edged.engine.detector import DetectParams
+from edged.engine.detector import Detector, DetectParams
 from edged.engine.engine import Engine
 from edged.errors import EdgedError
 from edged.pipeline.events import CameraEvents
@@ -76,10 +76,8 @@ class Asked:
     image: np.ndarray  # (H, W, 3) uint8 BGR
     done: threading.Event = field(default_factory=threading.Event)
     dets: Detections | None = None  # in the image's pixels
-    labels: tuple[str, ...] = ()
     error: str | None = None
     cancelled: bool = False  # the asker gave up: skipped if not started
-    latency: Latency | None = None
 
 
 Recheck = Callable[[Engine], "Engine | None"]  # engine.recheck with the running settings
@@ -228,19 +226,26 @@ class InferenceWorker(StageThread):
         assert frame is not None  # ready, under the condition every put() takes
         return lane, frame
 
+    def _detect(self, det: Detector, image: np.ndarray,
+                params: DetectParams) -> tuple[Detections, Latency]:
+        """One image through the detector, each stage timed; busy (the watchdog's) meanwhile."""
+        self.busy_since_mono = time.monotonic()
+        try:
+            t0 = time.perf_counter()
+            geom = det.preprocess(image)
+            t1 = time.perf_counter()
+            det.invoke()
+            t2 = time.perf_counter()
+            dets = det.postprocess(geom, params)
+            t3 = time.perf_counter()
+        finally:
+            self.busy_since_mono = None
+        return dets, Latency(round((t1 - t0) * 1e3, 3), round((t2 - t1) * 1e3, 3),
+                             round((t3 - t2) * 1e3, 3), round((t3 - t0) * 1e3, 3))
+
     def _infer(self, lane: Lane, frame: Frame, s: WorkerSettings) -> None:
         det = s.engine.detector
-        self.busy_since_mono = time.monotonic()
-        t0 = time.perf_counter()
-        geom = det.preprocess(frame.image)
-        t1 = time.perf_counter()
-        det.invoke()
-        t2 = time.perf_counter()
-        dets = det.postprocess(geom, lane.params)
-        t3 = time.perf_counter()
-        self.busy_since_mono = None
-        lat = Latency(round((t1 - t0) * 1e3, 3), round((t2 - t1) * 1e3, 3),
-                      round((t3 - t2) * 1e3, 3), round((t3 - t0) * 1e3, 3))
+        dets, lat = self._detect(det, frame.image, lane.params)
         lane.stats.record(lat)
         self._stats.record(lat)
         h, w = frame.image.shape[:2]
@@ -287,22 +292,10 @@ class InferenceWorker(StageThread):
             self.on_engine(engine, new)
 
     def _answer(self, asked: Asked, s: WorkerSettings) -> None:
-        det = s.engine.detector
-        self.busy_since_mono = time.monotonic()
         try:
-            t0 = time.perf_counter()
-            geom = det.preprocess(asked.image)
-            t1 = time.perf_counter()
-            det.invoke()
-            t2 = time.perf_counter()
-            asked.dets = det.postprocess(geom, s.asked_params)
-            t3 = time.perf_counter()
-            asked.labels = det.spec.labels
-            asked.latency = Latency(round((t1 - t0) * 1e3, 3), round((t2 - t1) * 1e3, 3),
-                                    round((t3 - t2) * 1e3, 3), round((t3 - t0) * 1e3, 3))
-            self._stats.asked(asked.latency)
+            asked.dets, lat = self._detect(s.engine.detector, asked.image, s.asked_params)
+            self._stats.asked(lat)
         except ValueError as e:  # an image the letterbox refuses (checked before: a bug)
             asked.error = f"cannot infer this image: {e}"
         finally:
-            self.busy_since_mono = None
             asked.done.set()
