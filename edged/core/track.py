@@ -244,10 +244,16 @@ class Tracker:
     constant-velocity motion model.
 
     Each frame, every track's box is predicted to the frame's time from the velocity of its box
-    centre (an exponential average of the measured centre velocities, ``velocity_alpha`` the
-    weight of the newest). The prediction is damped: the velocity decays with time constant
-    ``coast_s`` while the object is unseen, so a track missing for long stops drifting (it
-    travels at most ``v * coast_s``) instead of flying off. Detections are matched to the
+    centre: an exponential average of the measured centre velocities with time constant
+    ``velocity_s``, so a measurement ``dt`` after the last weighs ``1 - exp(-dt / velocity_s)``.
+    Weighing by time, not per frame, makes tracking the same at any frame rate: a per-frame
+    weight of 1/2 averaged over 0.4 s at 5 fps but 0.08 s at 25 fps, where a detector's
+    jitter of a few pixels, or an occluder cutting a box, then read as a fast motion that
+    carried the prediction off (measured on real footage by benchmarks/events_accuracy.py).
+    The default, 0.29 s, gives the newest measurement weight 1/2 at 5 fps; the first
+    measurement is taken whole. The prediction is damped: the velocity decays with time
+    constant ``coast_s`` while the object is unseen, so a track missing for long stops drifting
+    (it travels at most ``v * coast_s``) instead of flying off. Detections are matched to the
     predicted boxes of tracks of the same label by greedy IoU (``greedy_match``), at least
     ``iou_min``, then what is left by centre distance (``near`` box diagonals, see ``_near``).
     A track unseen for more than ``stale_s`` is matched only by IoU of at least ``stale_iou``
@@ -268,16 +274,16 @@ class Tracker:
     """
 
     def __init__(self, iou_min: float = 0.1, max_miss_s: float = 5.0,
-                 velocity_alpha: float = 0.5, coast_s: float = 1.0, near: float = 1.0,
+                 velocity_s: float = 0.2 / math.log(2), coast_s: float = 1.0, near: float = 1.0,
                  stale_s: float = 1.0, stale_iou: float = 0.3) -> None:
         if not 0 < iou_min <= 1 or not 0 < stale_iou <= 1 or stale_s <= 0:
             raise ValueError(f"iou_min and stale_iou must be in (0, 1], stale_s > 0; got "
                              f"{iou_min}, {stale_iou}, {stale_s}")
-        if not 0 < velocity_alpha <= 1 or coast_s <= 0 or max_miss_s <= 0 or near < 0:
-            raise ValueError("velocity_alpha in (0, 1], coast_s > 0, max_miss_s > 0, near >= 0")
+        if velocity_s <= 0 or coast_s <= 0 or max_miss_s <= 0 or near < 0:
+            raise ValueError("velocity_s > 0, coast_s > 0, max_miss_s > 0, near >= 0")
         self.iou_min = iou_min
         self.max_miss_s = max_miss_s
-        self.velocity_alpha = velocity_alpha
+        self.velocity_s = velocity_s
         self.coast_s = coast_s
         self.near = near
         self.stale_s = stale_s
@@ -325,16 +331,17 @@ class Tracker:
         return np.fromiter((c if (c := get(v)) is not None else self.code(v) for v in values),
                            np.int32, len(values))
 
-    def predicted(self, ts: float) -> np.ndarray:
-        """(T, 4) boxes of the tracks predicted to time ``ts``."""
+    def predicted(self, ts: float, clip: bool = True) -> np.ndarray:
+        """(T, 4) boxes of the tracks predicted to time ``ts``; ``clip``: cut at the frame's
+        edges, as a detector reports an object leaving it."""
         c = self.cols
         dt = np.maximum(ts - c["last_ts"], 0.0)
         reach = self.coast_s * -np.expm1(-dt / self.coast_s)  # ∫ exp(-t/coast) dt over [0, dt]
         shift = c["vel"] * reach[:, None]
         out: np.ndarray = c["box"] + np.concatenate((shift, shift), axis=1)
-        # as a detector reports it: an object leaving the frame is cut at its edge
-        np.maximum(out, 0.0, out=out)
-        np.minimum(out, 1.0, out=out)
+        if clip:
+            np.maximum(out, 0.0, out=out)
+            np.minimum(out, 1.0, out=out)
         return out
 
     def drop(self, gone: np.ndarray) -> None:
@@ -350,7 +357,14 @@ class Tracker:
         that turned can miss its predicted box entirely. A detection whose centre is within
         ``near`` diagonals of a track's predicted centre, with an area within a factor 2 of the
         track's, joins it (greedy, nearest first): otherwise every such frame would cut the
-        visit into a new track, and that track (no velocity yet) would likely lose the next."""
+        visit into a new track, and that track (no velocity yet) would likely lose the next.
+
+        Distances are measured in box sizes (x by the larger of the two widths, y by the larger
+        height, so a diagonal is sqrt(2)), not in normalized frame units: on a 2.35:1 frame a
+        normalized unit of x is 2.35 times one of y, and a person 300 px to the side had come
+        within "one diagonal" of a tall narrow box. The prediction is not cut at the frame's
+        edges here: its size is the object's, and its centre may be outside (an object the
+        occluder's cut box sent flying upwards is still matched where it reappears)."""
         free_t = ts - self.cols["last_ts"] <= self.stale_s  # stale tracks: IoU only
         free_t[rows] = False
         free_d = np.ones(boxes.shape[0], bool)
@@ -359,16 +373,18 @@ class Tracker:
         same = self.cols["label"][tr][:, None] == codes[dr][None, :]
         if not same.any():
             return rows, cols
-        pred = self.predicted(ts)[tr]
+        pred = self.predicted(ts, clip=False)[tr]  # whole: its size is the object's
         det = boxes[dr]
         pc = (pred[:, :2] + pred[:, 2:]) * 0.5
         dc = (det[:, :2] + det[:, 2:]) * 0.5
-        dist = np.hypot(pc[:, None, 0] - dc[None, :, 0], pc[:, None, 1] - dc[None, :, 1])
         pw, ph = pred[:, 2] - pred[:, 0], pred[:, 3] - pred[:, 1]
         dw, dh = det[:, 2] - det[:, 0], det[:, 3] - det[:, 1]
-        diag = np.maximum(np.hypot(pw, ph)[:, None], np.hypot(dw, dh)[None, :])
+        w = np.maximum(np.maximum(pw[:, None], dw[None, :]), 1e-12)
+        h = np.maximum(np.maximum(ph[:, None], dh[None, :]), 1e-12)
+        dist = np.hypot((pc[:, None, 0] - dc[None, :, 0]) / w,
+                        (pc[:, None, 1] - dc[None, :, 1]) / h)
         ratio = (pw * ph)[:, None] / np.maximum((dw * dh)[None, :], 1e-12)
-        near = 1.0 - dist / np.maximum(diag, 1e-12)
+        near = 1.0 - dist / math.sqrt(2.0)
         near[~same | (ratio > 2.0) | (ratio < 0.5)] = -1.0
         r2, c2 = greedy_match(near, 1.0 - self.near)
         if r2.size == 0:
@@ -415,7 +431,7 @@ class Tracker:
             old = c["box"][rows]
             measured = (centre - (old[:, :2] + old[:, 2:]) * 0.5) / np.maximum(dt, 1e-6)[:, None]
             # first velocity measurement taken whole, later ones averaged; no time, no news
-            alpha = np.where(c["hits"][rows] == 1, 1.0, self.velocity_alpha)
+            alpha = np.where(c["hits"][rows] == 1, 1.0, -np.expm1(-dt / self.velocity_s))
             alpha = np.where(dt > 0, alpha, 0.0)[:, None]
             c["vel"][rows] = alpha * measured + (1 - alpha) * c["vel"][rows]
             c["box"][rows] = det
