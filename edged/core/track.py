@@ -246,10 +246,10 @@ class Tracker:
     Each frame, every track's box is predicted to the frame's time from the velocity of its box
     centre: an exponential average of the measured centre velocities with time constant
     ``velocity_s``, so a measurement ``dt`` after the last weighs ``1 - exp(-dt / velocity_s)``.
-    Weighing by time, not per frame, makes tracking the same at any frame rate: a per-frame
-    weight of 1/2 averaged over 0.4 s at 5 fps but 0.08 s at 25 fps, where a detector's
-    jitter of a few pixels, or an occluder cutting a box, then read as a fast motion that
-    carried the prediction off (measured on real footage by benchmarks/events_accuracy.py).
+    Weighing by time, not per frame, makes tracking the same at any frame rate. A per-frame
+    weight of 1/2 averaged over 0.4 s at 5 fps but over 0.08 s at 25 fps, where a detector's
+    jitter of a few pixels, or an occluder cutting a box, read as a fast motion and carried
+    the prediction off (measured on real footage by benchmarks/events_accuracy.py).
     The default, 0.29 s, gives the newest measurement weight 1/2 at 5 fps; the first
     measurement is taken whole. The prediction is damped: the velocity decays with time
     constant ``coast_s`` while the object is unseen, so a track missing for long stops drifting
@@ -361,7 +361,7 @@ class Tracker:
 
         Distances are measured in box sizes (x by the larger of the two widths, y by the larger
         height, so a diagonal is sqrt(2)), not in normalized frame units: on a 2.35:1 frame a
-        normalized unit of x is 2.35 times one of y, and a person 300 px to the side had come
+        normalized unit of x is 2.35 times one of y, and a person 330 px to the side had come
         within "one diagonal" of a tall narrow box. The prediction is not cut at the frame's
         edges here: its size is the object's, and its centre may be outside (an object the
         occluder's cut box sent flying upwards is still matched where it reappears)."""
