@@ -210,3 +210,43 @@ def test_a_snap_is_three_frames_and_the_others_two() -> None:
         parse([DET.topic.encode(), encode(DET), b"x"])
     with pytest.raises(MalformedMessage, match="got 4 frames"):
         parse([topic, header, SNAP.jpeg, b""])
+
+
+def _message_types() -> list[type]:
+    """Every dataclass the module declares with ``@message`` (the kinds and their parts)."""
+    import edged.api.messages as m
+    return [v for v in vars(m).values() if isinstance(v, type) and dataclasses.is_dataclass(v)
+            and v.__module__ == m.__name__]
+
+
+def test_the_type_checker_knows_which_message_fields_are_required(tmp_path) -> None:
+    """``describe`` returns Any, which a plain dataclass takes for a default: a constructor
+    call that left out ``ts_ns`` passed mypy and failed only in the tests. ``@message`` is a
+    dataclass transform with ``describe`` as a field specifier, so mypy names the missing
+    fields. Each type is called without arguments (every declared field reported missing),
+    and once correctly, which must pass."""
+    from mypy import api as mypy_api
+    types = _message_types()
+    assert len(types) >= 15
+    names = ", ".join(t.__name__ for t in types)
+    lines = [f"from edged.api.messages import {names}"]
+    required = {}
+    for t in types:
+        req = [f.name for f in dataclasses.fields(t)
+               if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if req:
+            required[t.__name__] = req
+            lines.append(f"{t.__name__}()")
+    lines.append("Latency(1.0, 2.0, 3.0, 4.0)")
+    snippet = tmp_path / "snippet.py"
+    snippet.write_text("\n".join(lines) + "\n")
+    out, err, status = mypy_api.run([str(snippet), "--no-incremental", "--cache-dir",
+                                     str(tmp_path / "cache"), "--follow-imports", "silent"])
+    assert status == 1, out + err
+    for i, name in enumerate(required, start=2):
+        line = next(ln for ln in out.splitlines() if ln.startswith(f"{snippet}:{i}:"))
+        assert f'in call to "{name}"' in line, line
+        for field_name in required[name]:
+            assert f'"{field_name}"' in line, (name, field_name, line)
+    last = len(required) + 2
+    assert not [ln for ln in out.splitlines() if ln.startswith(f"{snippet}:{last}:")], out

@@ -25,6 +25,7 @@ from typing import (
     TYPE_CHECKING,
     Any,
     ClassVar,
+    TypeVar,
     Union,
     cast,
     get_args,
@@ -33,7 +34,14 @@ from typing import (
 )
 
 if TYPE_CHECKING:
+    from typing_extensions import dataclass_transform  # typing's from Python 3.11 on
+
     from edged.core.types import Detections
+else:
+    def dataclass_transform(**_: Any) -> Callable[[Any], Any]:
+        return lambda f: f
+
+_T = TypeVar("_T")
 
 SCHEMA_VERSION = 2  # 2: topics end in "/" (det/roof/ never matches det/roof2/); process/
 
@@ -56,9 +64,41 @@ RELOAD_STATES = ("in_progress", "applied", "partial", "unchanged", "rejected", "
 RELOAD_PHASES = ("reading", "loading_model", "building", "applying", "done")
 
 
+# What a camera's status and the process's status both say, declared once.
+_STATUS_FIELDS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ts_ns": ("when this status was taken, Unix epoch nanoseconds", {}),
+    "uptime_s": ("", {"minimum": 0}),
+    "model": ("the model's name (its file stem)", {}),
+    "backend": ("what runs the inference (none: no model loaded yet)",
+                {"enum": (*BACKENDS, "none")}),
+    "fallback_reason": ("why the configured accelerator is not in use", {}),
+    "runtime": ("the TFLite runtime in use (ai_edge_litert, tflite_runtime, ...)", {}),
+    "publish_dropped": ("messages edged dropped itself: its queue full, or a value JSON cannot "
+                        "carry (not counting ZeroMQ's HWM drops)", {"minimum": 0}),
+    "endpoints": ("endpoints bound now (a configured one missing here is being retried)", {}),
+    "reload": ("the reload in progress, or the outcome of the last one; null before the first "
+               "SIGHUP", {}),
+}
+
+
+def _status(name: str) -> Any:
+    doc, schema = _STATUS_FIELDS[name]
+    return describe(doc, **schema)
+
+
+@dataclass_transform(frozen_default=True, field_specifiers=(field, describe, _status))
+def message(cls: type[_T]) -> type[_T]:
+    """``@dataclass(frozen=True, slots=True)`` for the message types, declared a dataclass
+    transform whose field specifiers are ``describe`` and ``_status``: to a type checker a
+    field declared with them has no default, so a constructor call that leaves one out is an
+    error there, not first in a test (``describe`` returns ``Any``, which a plain dataclass
+    takes for a default value)."""
+    return dataclass(frozen=True, slots=True)(cls)
+
+
 # --- detections ------------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
+@message
 class Detection:
     class_id: int = describe("index into the model's labels", minimum=0)
     label: str = describe("the model's label for class_id")
@@ -67,7 +107,7 @@ class Detection:
     box_norm: Box = describe("box divided by frame width/height")
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class FrameSize:
     width: int = describe(minimum=1)
     height: int = describe(minimum=1)
@@ -76,7 +116,7 @@ class FrameSize:
 STAGES = ("preprocess", "inference", "postprocess", "total")
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Latency:
     """Milliseconds one frame spent in each stage."""
 
@@ -95,7 +135,7 @@ class Latency:
 
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Envelope:
     """What every kind has besides its wire fields: the topic and the payload as received."""
 
@@ -124,7 +164,7 @@ class Envelope:
         return wire
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Published(Envelope):
     """A camera's message; its topic is ``<TOPIC>/<camera>/``."""
 
@@ -136,7 +176,7 @@ class Published(Envelope):
         return topic_str(self.TOPIC, self.camera)
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class DetMessage(Published):
     """``det/<camera>``: one per inferred frame (empty frames too, unless configured off)."""
 
@@ -187,36 +227,16 @@ def unit_box(box: Sequence[float]) -> Box:
 
 # --- status ----------------------------------------------------------------------------------
 
-# What a camera's status and the process's status both say, declared once.
-_STATUS_FIELDS: dict[str, tuple[str, dict[str, Any]]] = {
-    "ts_ns": ("when this status was taken, Unix epoch nanoseconds", {}),
-    "uptime_s": ("", {"minimum": 0}),
-    "model": ("the model's name (its file stem)", {}),
-    "backend": ("what runs the inference (none: no model loaded yet)",
-                {"enum": (*BACKENDS, "none")}),
-    "fallback_reason": ("why the configured accelerator is not in use", {}),
-    "runtime": ("the TFLite runtime in use (ai_edge_litert, tflite_runtime, ...)", {}),
-    "publish_dropped": ("messages edged dropped itself: its queue full, or a value JSON cannot "
-                        "carry (not counting ZeroMQ's HWM drops)", {"minimum": 0}),
-    "endpoints": ("endpoints bound now (a configured one missing here is being retried)", {}),
-    "reload": ("the reload in progress, or the outcome of the last one; null before the first "
-               "SIGHUP", {}),
-}
 
 
-def _status(name: str) -> Any:
-    doc, schema = _STATUS_FIELDS[name]
-    return describe(doc, **schema)
-
-
-@dataclass(frozen=True, slots=True)
+@message
 class Percentiles:
     p50: float = describe(minimum=0)
     p90: float = describe(minimum=0)
     p99: float = describe(minimum=0)
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class SelfCheckStatus:
     """The accelerator against a CPU interpreter of the same model on the bundled golden
     photographs, after the warm-up (``inference.self_check``; edged.engine.selfcheck)."""
@@ -236,7 +256,7 @@ class SelfCheckStatus:
                                    "compare (the accelerator is used unchecked)")
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class FrigateStatus:
     """Frigate's `zmq` detector as edged answers it (``frigate.enabled``)."""
 
@@ -256,7 +276,7 @@ class FrigateStatus:
     last_error: str | None = describe("why the last refused request was refused")
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class SourceStatus:
     uri: str = describe("a URL's password shows as ***")
     reason: str | None = describe("why the source is down now")
@@ -265,7 +285,7 @@ class SourceStatus:
         "[width, height] of the last frame the source delivered, before any resize", minimum=1)
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class ReloadStatus:
     state: str = describe(enum=RELOAD_STATES)
     started_ts_ns: int = describe("SIGHUP received, Unix epoch nanoseconds")
@@ -277,7 +297,7 @@ class ReloadStatus:
     message: str | None = describe("why a reload was rejected, or what was kept (partial)")
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Occupancy:
     """A camera's open events counted by label, in the whole frame and in each zone (what
     ``count/<camera>/`` carries and a camera's status repeats)."""
@@ -291,7 +311,7 @@ class Occupancy:
         "(a zone for some labels lists only those)")
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class StatusMessage(Published):
     """``status/<camera>``: every ``status_interval_s`` and on every state change."""
 
@@ -320,7 +340,7 @@ class StatusMessage(Published):
     reload: ReloadStatus | None = _status("reload")
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class ProcessStatus(Envelope):
     """``process/``: what the cameras share (the model, the accelerator, the publisher), every
     ``status_interval_s`` and on every state change, next to each camera's ``status/<camera>/``."""
@@ -368,7 +388,7 @@ EVENT_PHASES = ("start", "update", "end")
 END_REASONS = ("left", "shutdown", "crash", "removed", "reload")
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class EventMessage(Published):
     """``event/<camera>/``: an object that stayed (confirmed over several frames): ``start``
     once, ``update`` when its zones change, a better snapshot is taken or it turns stationary
@@ -394,7 +414,7 @@ class EventMessage(Published):
     end_reason: str | None = describe("why it ended (end only)", enum=(*END_REASONS, None))
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class CountMessage(Published):
     """``count/<camera>/``: the camera's occupancy, whenever it changes (an event starts or
     ends, or an object enters or leaves a zone), and once when the camera's events start."""
@@ -405,7 +425,7 @@ class CountMessage(Published):
     occupancy: Occupancy = describe()
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class SnapMessage(Published):
     """``snap/<camera>/``: an event's best picture so far, a multipart message of three frames:
     the topic, this JSON header, the JPEG. Sent whenever an event has a better snapshot (its
