@@ -381,6 +381,24 @@ def test_start_closes_a_crash_and_prunes_then_prunes_every_interval(
     assert "late-old" not in rows(db) and store.state == "ok"
 
 
+def test_the_store_deletes_nothing_unless_given_a_retention(
+        tmp_path: Path, store_factory: list[EventStore]) -> None:
+    """The retention's default is the configuration's (events.retention_days); the store has
+    no policy of its own that a caller could get by leaving the argument out."""
+    db = tmp_path / "events.db"
+    now = at(12)
+    conn = open_history(db)
+    write(conn, lifecycle("last-year", now - 400 * 86400 * NS, now - 399 * 86400 * NS))
+    conn.close()
+    store = EventStore(db, clock_ns=lambda: now)
+    store_factory.append(store)
+    store.start()
+    for m in lifecycle("today", now - 60 * NS, now):  # written after the pruning at start
+        store.submit(m)
+    wait_for(lambda: store.written == 3)
+    assert sorted(rows(db)) == ["last-year", "today"] and store.pruned == 0
+
+
 def small_disk(extra_pages: int) -> Callable[[Path], sqlite3.Connection]:
     """An opener of the history limited to a few more pages: SQLite's own SQLITE_FULL."""
     def opener(path: Path) -> sqlite3.Connection:

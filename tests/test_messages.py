@@ -49,25 +49,31 @@ DET = DetMessage("roof", 7, 12, 1_763_800_000_123_456_789, FrameSize(1280, 720),
                  (Detection(14, "bird", 0.87, (412.0, 133.5, 498.2, 201.0),
                             (0.3219, 0.1854, 0.3892, 0.2792)),))
 STATUS = StatusMessage(
-    "roof", 3, "reloading", 1_763_800_001_000_000_000, 17.0, "yolov3-tiny-416", "none", None,
-    "ai_edge_litert", 25.0, 24.5, 425, 420, 5,
-    SourceStatus("rtsp://viewer:***@cam/stream", None, 0, (1280, 720)),
-    {"total": Percentiles(12.5, 14.1, 17.0)},
-    Occupancy({"bird": 2, "person": 0}, {"rail": {"bird": 1}}), 0, ("tcp://127.0.0.1:5556",),
-    ReloadStatus("in_progress", 1_763_800_000_500_000_000, None, "loading_model", 120.0, None))
+    camera="roof", seq=3, state="reloading", ts_ns=1_763_800_001_000_000_000, uptime_s=17.0,
+    model="yolov3-tiny-416", backend="none", fallback_reason=None, runtime="ai_edge_litert",
+    fps_in=25.0, fps_out=24.5, frames_in=425, frames_out=420, frames_dropped=5,
+    source=SourceStatus("rtsp://viewer:***@cam/stream", None, 0, (1280, 720)),
+    latency_ms={"total": Percentiles(12.5, 14.1, 17.0)},
+    occupancy=Occupancy({"bird": 2, "person": 0}, {"rail": {"bird": 1}}), publish_dropped=0,
+    endpoints=("tcp://127.0.0.1:5556",),
+    reload=ReloadStatus("in_progress", 1_763_800_000_500_000_000, None, "loading_model", 120.0,
+                        None))
 COUNT = CountMessage("roof", 9, 1_763_800_001_000_000_000,
                      Occupancy({"bird": 1}, {"rail": {"bird": 1}, "door": {}}))
 SNAP = SnapMessage("roof", 2, "1763800000123456789-3f2a-4", "bird", 0.91,
                    1_763_800_001_000_000_000, (0.32, 0.18, 0.39, 0.28), False, 1280, 720,
                    "roof/1763800000123456789-3f2a-4.jpg", jpeg=b"\xff\xd8 not really")
 PROCESS = ProcessStatus(
-    4, "running", 1_763_800_001_000_000_000, 17.0, "yolov3-tiny-416", "vx", None,
-    "tflite_runtime", 0.62, 34.8, 590, {"roof": "running", "roof2": "source_down"}, "ok",
-    None, "connected to broker.lan:1883",
-    SelfCheckStatus(0.95, 19, 1, 20, 19, 3, 412.0, True),
-    FrigateStatus("tcp://127.0.0.1:5555", 2, 1200, 3, 1, Percentiles(14.1, 22.5, 61.0),
-                  "dtype uint8 or float32 (Frigate's model.input_dtype int or float), got int64"),
-    0, ("tcp://127.0.0.1:5556",), None)
+    seq=4, state="running", ts_ns=1_763_800_001_000_000_000, uptime_s=17.0,
+    model="yolov3-tiny-416", backend="vx", fallback_reason=None, runtime="tflite_runtime",
+    inference_load=0.62, fps_out=34.8, frames_out=590,
+    cameras={"roof": "running", "roof2": "source_down"}, history="ok", snapshots=None,
+    mqtt="connected to broker.lan:1883",
+    self_check=SelfCheckStatus(0.95, 19, 1, 20, 19, 3, 412.0, True),
+    frigate=FrigateStatus("tcp://127.0.0.1:5555", 2, 1200, 3, 1, Percentiles(14.1, 22.5, 61.0),
+                          "dtype uint8 or float32 (Frigate's model.input_dtype int or float), "
+                          "got int64"),
+    publish_dropped=0, endpoints=("tcp://127.0.0.1:5556",), reload=None)
 
 
 def test_schema_file_is_generated_from_the_declarations() -> None:

@@ -28,14 +28,15 @@ B = np.array
     (np.zeros((0, 4)), np.zeros(0), np.zeros(0, int), 0.45, "greedy", []),
 ])
 def test_nms_table(boxes, scores, classes, iou, kind, expected) -> None:
-    keep = nms(boxes.astype(np.float32), scores.astype(np.float32), classes, iou, 100, kind)
+    keep = nms(boxes.astype(np.float32), scores.astype(np.float32), classes, iou, 100, kind,
+               0.6)
     assert keep.tolist() == expected
 
 
 def test_nms_max_detections_keeps_best() -> None:
     boxes = np.array([[i * 20, 0, i * 20 + 10, 10] for i in range(10)], np.float32)
     scores = np.linspace(0.1, 0.9, 10).astype(np.float32)
-    keep = nms(boxes, scores, np.zeros(10, int), 0.45, max_detections=3)
+    keep = nms(boxes, scores, np.zeros(10, int), 0.45, 3, "greedy", 0.6)
     assert keep.tolist() == [9, 8, 7]
 
 
@@ -48,7 +49,7 @@ def test_nms_matches_opencv_batched(seed: int) -> None:
     boxes = np.concatenate([xy, xy + wh], axis=1).astype(np.float32)
     scores = rng.uniform(0.3, 1.0, n).astype(np.float32)
     classes = rng.integers(0, 4, n)
-    ours = nms(boxes, scores, classes, 0.45, max_detections=n)
+    ours = nms(boxes, scores, classes, 0.45, n, "greedy", 0.6)
     ref = cv2.dnn.NMSBoxesBatched(np.concatenate([xy, wh], 1).tolist(), scores.tolist(),
                                   classes.tolist(), 0.0, 0.45)
     assert sorted(ours.tolist()) == sorted(np.asarray(ref).reshape(-1).tolist())

@@ -42,7 +42,7 @@ KEY = ("camera", "id")
 # Describe one message, not the event: not stored.
 _NOT_STORED = frozenset({"seq", "phase"})
 NS = 1_000_000_000
-LOCKED_RETRY_S = 5.0  # as the connections' busy timeout
+BUSY_TIMEOUT_S = 5.0  # how long a connection waits for another's lock
 
 # What the MQTT bridge has still to deliver (only written while it is on): every event message
 # in order, as its JSON, so a broker outage or a restart in between loses none. ``delivered``
@@ -140,7 +140,7 @@ def open_history(path: Path | str, readonly: bool = False) -> sqlite3.Connection
         quiet = "" if path.with_name(path.name + "-wal").exists() else "&immutable=1"
         uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro{quiet}"
         try:
-            conn = sqlite3.connect(uri, uri=True, timeout=5.0)
+            conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S)
         except sqlite3.Error as e:
             raise _where(path, e) from e
     else:
@@ -155,7 +155,7 @@ def open_history(path: Path | str, readonly: bool = False) -> sqlite3.Connection
         if path.exists() and not os.access(path, os.R_OK | os.W_OK):
             raise HistoryError(f"event history {path}: file is not writable")
         try:
-            conn = sqlite3.connect(path, timeout=5.0)
+            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S)
         except sqlite3.Error as e:
             raise _where(path, e) from e
     try:
@@ -170,8 +170,8 @@ def _prepare(conn: sqlite3.Connection, path: Path, readonly: bool) -> None:
     """Check the layout, creating or extending it unless ``readonly``. Another writer setting
     up the same new file (the event store and the MQTT bridge at start) can make SQLite
     answer "locked" at once, without its busy wait (switching to WAL): tried again for up to
-    LOCKED_RETRY_S."""
-    deadline = time.monotonic() + LOCKED_RETRY_S
+    BUSY_TIMEOUT_S, as long as the busy wait would have."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
     while True:
         try:
             return _prepare_once(conn, path, readonly)

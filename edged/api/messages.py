@@ -64,36 +64,21 @@ RELOAD_STATES = ("in_progress", "applied", "partial", "unchanged", "rejected", "
 RELOAD_PHASES = ("reading", "loading_model", "building", "applying", "done")
 
 
-# What a camera's status and the process's status both say, declared once.
-_STATUS_FIELDS: dict[str, tuple[str, dict[str, Any]]] = {
-    "ts_ns": ("when this status was taken, Unix epoch nanoseconds", {}),
-    "uptime_s": ("", {"minimum": 0}),
-    "model": ("the model's name (its file stem)", {}),
-    "backend": ("what runs the inference (none: no model loaded yet)",
-                {"enum": (*BACKENDS, "none")}),
-    "fallback_reason": ("why the configured accelerator is not in use", {}),
-    "runtime": ("the TFLite runtime in use (ai_edge_litert, tflite_runtime, ...)", {}),
-    "publish_dropped": ("messages edged dropped itself: its queue full, or a value JSON cannot "
-                        "carry (not counting ZeroMQ's HWM drops)", {"minimum": 0}),
-    "endpoints": ("endpoints bound now (a configured one missing here is being retried)", {}),
-    "reload": ("the reload in progress, or the outcome of the last one; null before the first "
-               "SIGHUP", {}),
-}
-
-
-def _status(name: str) -> Any:
-    doc, schema = _STATUS_FIELDS[name]
-    return describe(doc, **schema)
-
-
-@dataclass_transform(frozen_default=True, field_specifiers=(field, describe, _status))
+@dataclass_transform(frozen_default=True, field_specifiers=(field, describe))
 def message(cls: type[_T]) -> type[_T]:
     """``@dataclass(frozen=True, slots=True)`` for the message types, declared a dataclass
-    transform whose field specifiers are ``describe`` and ``_status``: to a type checker a
-    field declared with them has no default, so a constructor call that leaves one out is an
-    error there, not first in a test (``describe`` returns ``Any``, which a plain dataclass
-    takes for a default value)."""
+    transform whose field specifier is ``describe``: to a type checker a field declared with
+    it has no default, so a constructor call that leaves one out is an error there, not first
+    in a test (``describe`` returns ``Any``, which a plain dataclass takes for a default
+    value)."""
     return dataclass(frozen=True, slots=True)(cls)
+
+
+@dataclass_transform(frozen_default=True, field_specifiers=(field, describe))
+def shared(cls: type[_T]) -> type[_T]:
+    """``@message`` without slots: the fields two kinds share, declared once in a base class
+    of both (a class can inherit slots from one base only; each kind still has its own)."""
+    return dataclass(frozen=True)(cls)
 
 
 # --- detections ------------------------------------------------------------------------------
@@ -311,19 +296,33 @@ class Occupancy:
         "(a zone for some labels lists only those)")
 
 
+@shared
+class Vitals:
+    """What a camera's status and the process's status both say."""
+
+    ts_ns: int = describe("when this status was taken, Unix epoch nanoseconds")
+    uptime_s: float = describe(minimum=0)
+    model: str = describe("the model's name (its file stem)")
+    backend: str = describe("what runs the inference (none: no model loaded yet)",
+                            enum=(*BACKENDS, "none"))
+    fallback_reason: str | None = describe("why the configured accelerator is not in use")
+    runtime: str = describe("the TFLite runtime in use (ai_edge_litert, tflite_runtime, ...)")
+    publish_dropped: int = describe("messages edged dropped itself: its queue full, or a value "
+                                    "JSON cannot carry (not counting ZeroMQ's HWM drops)",
+                                    minimum=0)
+    endpoints: tuple[str, ...] = describe("endpoints bound now (a configured one missing here "
+                                          "is being retried)")
+    reload: ReloadStatus | None = describe("the reload in progress, or the outcome of the last "
+                                           "one; null before the first SIGHUP")
+
+
 @message
-class StatusMessage(Published):
+class StatusMessage(Vitals, Published):
     """``status/<camera>``: every ``status_interval_s`` and on every state change."""
 
     KIND: ClassVar[str] = "status"
     TOPIC: ClassVar[str] = "status"
     state: str = describe(enum=STATES)
-    ts_ns: int = _status("ts_ns")
-    uptime_s: float = _status("uptime_s")
-    model: str = _status("model")
-    backend: str = _status("backend")
-    fallback_reason: str | None = _status("fallback_reason")
-    runtime: str = _status("runtime")
     fps_in: float = describe("frames captured per second, recent", minimum=0)
     fps_out: float = describe("frames inferred per second, recent", minimum=0)
     frames_in: int = describe("frames captured since start", minimum=0)
@@ -335,13 +334,10 @@ class StatusMessage(Published):
         "per stage, over the last frames; a stage without frames yet is absent", keys=STAGES)
     occupancy: Occupancy | None = describe("its objects now, as in `count/<camera>/` (null: "
                                            "events are off)")
-    publish_dropped: int = _status("publish_dropped")
-    endpoints: tuple[str, ...] = _status("endpoints")
-    reload: ReloadStatus | None = _status("reload")
 
 
 @message
-class ProcessStatus(Envelope):
+class ProcessStatus(Vitals, Envelope):
     """``process/``: what the cameras share (the model, the accelerator, the publisher), every
     ``status_interval_s`` and on every state change, next to each camera's ``status/<camera>/``."""
 
@@ -350,12 +346,6 @@ class ProcessStatus(Envelope):
     seq: int = describe("+1 per process status: a gap means lost messages", minimum=0)
     state: str = describe("the process; each camera's own state is in `cameras`",
                           enum=PROCESS_STATES)
-    ts_ns: int = _status("ts_ns")
-    uptime_s: float = _status("uptime_s")
-    model: str = _status("model")
-    backend: str = _status("backend")
-    fallback_reason: str | None = _status("fallback_reason")
-    runtime: str = _status("runtime")
     inference_load: float = describe(
         "share of the recent time the inference worker was busy with a frame or a Frigate "
         "request (1: every camera waits for it)", minimum=0, maximum=1)
@@ -374,9 +364,6 @@ class ProcessStatus(Envelope):
         "accelerator to check, or `inference.self_check` is off)")
     frigate: FrigateStatus | None = describe("Frigate's detector requests (null: "
                                              "`frigate.enabled` is off)")
-    publish_dropped: int = _status("publish_dropped")
-    endpoints: tuple[str, ...] = _status("endpoints")
-    reload: ReloadStatus | None = _status("reload")
 
 
 # --- events ----------------------------------------------------------------------------------

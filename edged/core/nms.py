@@ -42,8 +42,10 @@ def _overlap_one(box: np.ndarray, rest: np.ndarray, kind: str, beta: float) -> n
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou_threshold: float,
-        max_detections: int = 100, kind: str = "greedy", beta: float = 0.6) -> np.ndarray:
-    """Class-aware NMS. Returns kept indices (int64), best score first."""
+        max_detections: int, kind: str, beta: float) -> np.ndarray:
+    """Class-aware NMS. Returns kept indices (int64), best score first. No defaults: the
+    configuration (``detection``) and the model's sidecar (``head.nms``, ``head.nms_beta``)
+    own them; ``beta`` is used by ``diou`` only."""
     if kind not in ("greedy", "diou"):
         raise ValueError(f"nms kind must be 'greedy' or 'diou', got {kind!r}")
     n = scores.shape[0]

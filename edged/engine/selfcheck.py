@@ -31,7 +31,7 @@ from edged.media import GOLDEN, GOLDEN_DIR
 CONF = 0.1  # below the usual thresholds: more boxes to compare
 MIN_IOU = 0.8
 SCORE_TOL = 0.1
-PARAMS = DetectParams(conf_threshold=CONF, iou_threshold=0.45, max_detections=100)
+PARAMS = DetectParams(conf_threshold=CONF)  # NMS and the rest: the configuration's defaults
 MIN_EVIDENCE = 3  # detections scoring >= CONF + SCORE_TOL on one side, all images
 
 

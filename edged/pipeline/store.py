@@ -63,10 +63,11 @@ class EventStore(StageThread):
     """Writes event messages to the history at ``path``; see the module doc for the policies.
 
     ``retention_days``: ended events older than this are deleted, at start and every
-    ``prune_interval_s`` (None: kept for ever). ``opener``: how the history is opened (tests
+    ``prune_interval_s`` (None: kept for ever; the daemon passes ``events.retention_days``,
+    whose default is the configuration's). ``opener``: how the history is opened (tests
     give one that limits its size, to fill the "disk")."""
 
-    def __init__(self, path: Path, retention_days: float | None = 30.0,
+    def __init__(self, path: Path, retention_days: float | None = None,
                  queue_size: int = QUEUE_SIZE, prune_interval_s: float = PRUNE_INTERVAL_S,
                  retry_s: float = RETRY_S, opener: Opener = open_history,
                  clock_ns: Callable[[], int] = time.time_ns, outbox: bool = False,

@@ -28,6 +28,7 @@ from edged.api.messages import (
     SelfCheckStatus,
     SourceStatus,
     StatusMessage,
+    Vitals,
 )
 from edged.config import CameraConfig, Config, default_config, load_config, watched_labels
 from edged.engine.detector import DetectParams
@@ -255,16 +256,25 @@ class Service:
         return [self._process_status(), *(self._camera_status(c)
                                           for c in list(self.cameras.values()))]
 
+    def _vitals(self) -> Vitals:
+        """What the process's status and each camera's say alike."""
+        eng = self.engine
+        return Vitals(
+            ts_ns=time.time_ns(), uptime_s=round(time.monotonic() - self.started_mono, 3),
+            model=eng.model_name if eng else self.cfg.model.stem,
+            backend=eng.backend if eng else "none",
+            fallback_reason=eng.fallback_reason if eng else None,
+            runtime=eng.runtime if eng else "none",
+            publish_dropped=self.publisher.dropped if self.publisher else 0,
+            endpoints=self.publisher.bound if self.publisher else (),
+            reload=self._reload_info)
+
     def _process_status(self) -> ProcessStatus:
         counts = self.stats.snapshot()
         eng = self.engine
         return ProcessStatus(
-            seq=0, state=self.state, ts_ns=time.time_ns(),  # seq: set by the publisher
-            uptime_s=round(time.monotonic() - self.started_mono, 3),
-            model=eng.model_name if eng else self.cfg.model.stem,
-            backend=eng.backend if eng else "none",
-            fallback_reason=eng.fallback_reason if eng else None,
-            runtime=eng.runtime if eng else "none", inference_load=round(counts.load, 3),
+            **vars(self._vitals()), seq=0, state=self.state,  # seq: set by the publisher
+            inference_load=round(counts.load, 3),
             fps_out=round(counts.fps_out, 2), frames_out=counts.frames_out,
             cameras={c.name: self.camera_state(c) for c in list(self.cameras.values())},
             history=self.store.state if self.store else None,
@@ -273,31 +283,21 @@ class Service:
             mqtt=self.mqtt.state if self.mqtt is not None else None,
             self_check=SelfCheckStatus(**dataclasses.asdict(eng.self_check))
             if eng and eng.self_check else None,
-            frigate=self.frigate.status() if self.frigate is not None else None,
-            publish_dropped=self.publisher.dropped if self.publisher else 0,
-            endpoints=self.publisher.bound if self.publisher else (),
-            reload=self._reload_info)
+            frigate=self.frigate.status() if self.frigate is not None else None)
 
     def _camera_status(self, cam: Camera) -> StatusMessage:
         counts = cam.stats.snapshot()  # frames, drops, rates, latencies: no side effects
-        eng, cap, reason = self.engine, cam.capture, cam.source_reason
+        cap, reason = cam.capture, cam.source_reason
         return StatusMessage(
-            camera=cam.name, seq=0, state=self.camera_state(cam),  # seq: the publisher's
-            ts_ns=time.time_ns(), uptime_s=round(time.monotonic() - self.started_mono, 3),
-            model=eng.model_name if eng else self.cfg.model.stem,
-            backend=eng.backend if eng else "none",
-            fallback_reason=eng.fallback_reason if eng else None,
-            runtime=eng.runtime if eng else "none", fps_in=round(counts.fps_in, 2),
+            **vars(self._vitals()), camera=cam.name, seq=0,  # seq: the publisher's
+            state=self.camera_state(cam), fps_in=round(counts.fps_in, 2),
             fps_out=round(counts.fps_out, 2), frames_in=counts.frames_in,
             frames_out=counts.frames_out, frames_dropped=counts.frames_dropped,
             source=SourceStatus(
                 uri=shown(cam.cfg.source), reason=shown(reason) if reason else None,
                 reconnects=cam.reconnects, size=cap.frame_size if cap else None),
             latency_ms=counts.latency_ms,
-            occupancy=cam.events.occupancy if cam.events is not None else None,
-            publish_dropped=self.publisher.dropped if self.publisher else 0,
-            endpoints=self.publisher.bound if self.publisher else (),
-            reload=self._reload_info)
+            occupancy=cam.events.occupancy if cam.events is not None else None)
 
     # --- lifecycle --------------------------------------------------------------------------
     def _history(self) -> Path | None:
