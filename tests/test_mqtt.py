@@ -9,9 +9,11 @@ from __future__ import annotations
 import itertools
 import json
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,9 @@ import numpy as np
 import pytest
 
 from edged.api.history import OUTBOX
+from edged.config import parse_config
 from edged.media import SAMPLE_CLIP
+from edged.pipeline.mqtt import MqttBridge, camera_specs
 from tests.conftest import REPO, one_line_error, run_edged
 from tests.daemon_util import Daemon, Listener, write_config
 from tests.mqtt_broker import Broker, Received, Recorder
@@ -365,3 +369,52 @@ def test_mqtt_on_without_paho_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "mqtt.enabled: needs paho-mqtt 2.x: pip install 'edged[mqtt]'" in \
         one_line_error(proc)
+
+
+def _bridge_says(tmp: Path, mqtt: dict[str, Any], want: str, timeout_s: float) -> str:
+    """The real bridge (paho, real sockets) on ``mqtt``: its state once it contains ``want``."""
+    cfg = parse_config({"camera": {"name": "roof", "source": str(SAMPLE_CLIP)},
+                        "mqtt": {"enabled": True, **mqtt}})
+    bridge = MqttBridge(cfg.mqtt, camera_specs(cfg), None)
+    bridge.prepare()
+    bridge.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while want not in bridge.state:
+            assert time.monotonic() < deadline, f"{want!r} not in {bridge.state!r}"
+            time.sleep(0.05)
+        return bridge.state
+    finally:
+        bridge.stop()
+        assert bridge.join(10), "the bridge did not stop"
+
+
+def test_a_connection_that_fails_says_why(tmp_path: Path, speed: Speed) -> None:
+    wait = speed.deadline(base_s=2.0)  # paho's first attempt, at most CONNECT_TIMEOUT_S
+    with socket.socket() as closed:  # bound, never listening: the kernel refuses
+        closed.bind(("127.0.0.1", 0))
+        state = _bridge_says(tmp_path, {"host": "127.0.0.1", "port": closed.getsockname()[1]},
+                             "connection refused", wait)
+    assert state.startswith("cannot connect to 127.0.0.1:") and "mqtt.port" in state, state
+    state = _bridge_says(tmp_path, {"host": "broker.invalid"}, "cannot resolve", wait)
+    assert "check mqtt.host" in state, state
+    (tmp_path / "other").mkdir()
+    (tmp_path / "plain").mkdir()
+    tls = Broker(tmp_path, tls=True)
+    other = Broker(tmp_path / "other", tls=True)  # its CA signed nothing the broker has
+    plain = Broker(tmp_path / "plain")
+    assert tls.ca and other.ca
+    at_tls = {"host": tls.host, "port": tls.port}
+    with tls, plain:
+        # a TLS port spoken to in plain text: mosquitto hangs up without a CONNACK
+        state = _bridge_says(tmp_path, at_tls, "no MQTT answer", wait)
+        assert "TLS" in state and state.startswith("cannot connect"), state
+        state = _bridge_says(tmp_path, {**at_tls, "tls_ca_file": str(other.ca)}, "certificate",
+                             wait)
+        assert state.startswith("cannot connect") and "mqtt.tls_" in state, state
+        state = _bridge_says(tmp_path, {"host": plain.host, "port": plain.port,
+                                        "tls_ca_file": str(tls.ca)}, "TLS handshake", wait)
+        assert state.startswith("cannot connect") and "mqtt.port" in state, state
+        # and the right CA connects: the failures above were the settings, not the test
+        assert _bridge_says(tmp_path, {**at_tls, "tls_ca_file": str(tls.ca)}, "connected",
+                            wait) == f"connected to {tls.host}:{tls.port}"

@@ -40,6 +40,7 @@ import re
 import socket
 import sqlite3
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -205,6 +206,30 @@ def read_password(cfg: MqttConfig) -> str | None:
                           f"{getattr(e, 'strerror', None) or first_line(e)}") from e
 
 
+def uses_tls(cfg: MqttConfig) -> bool:
+    return cfg.tls or cfg.tls_ca_file is not None or cfg.tls_cert_file is not None
+
+
+def connect_error(e: BaseException | None, tls: bool) -> str:
+    """Why a connection attempt failed, and what to check (``tls``: TLS is configured)."""
+    if isinstance(e, socket.gaierror):
+        return f"cannot resolve the host name ({e.strerror}; check mqtt.host)"
+    if isinstance(e, ConnectionRefusedError):
+        return "connection refused (is the broker running, on mqtt.port?)"
+    if isinstance(e, TimeoutError):
+        return (f"no answer within {CONNECT_TIMEOUT_S:g} s (check mqtt.host, the network, a "
+                "firewall)")
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return f"TLS: the broker's certificate: {e.verify_message} (check mqtt.tls_ca_file)"
+    if isinstance(e, ssl.SSLError):
+        return f"TLS: {e.reason or first_line(e)} (check mqtt.tls_*)"
+    if tls and isinstance(e, ConnectionResetError | ssl.SSLEOFError):
+        return "the broker hung up during the TLS handshake (is mqtt.port its TLS port?)"
+    if isinstance(e, OSError):
+        return e.strerror or first_line(e)
+    return "no reason given"
+
+
 def check_available() -> None:
     """ConfigError unless paho-mqtt 2.x is installed (the ``mqtt`` extra)."""
     try:
@@ -314,14 +339,21 @@ class MqttBridge(StageThread):
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any,
                        properties: Any) -> None:
         with self._cond:
-            self._connected = False
-        if not self._stop.is_set() and not self._state.startswith("refused"):
-            # (after a refusal paho disconnects too: the refusal is what the user must fix)
-            self._set_state(f"disconnected from {self.cfg.host}:{self.cfg.port}: {reason}; "
-                            "reconnecting")
+            was, self._connected = self._connected, False
+        if self._stop.is_set() or self._state.startswith("refused"):
+            return  # (after a refusal paho disconnects too: the refusal is what to fix)
+        where = f"{self.cfg.host}:{self.cfg.port}"
+        if was:
+            self._set_state(f"disconnected from {where}: {reason}; reconnecting")
+        else:  # something took the TCP connection but answered no MQTT CONNACK
+            self._set_state(f"cannot connect to {where}: no MQTT answer ({reason}; is it a "
+                            "broker's port, and does it want TLS? mqtt.port, mqtt.tls_*); "
+                            "retrying")
 
     def _on_connect_fail(self, client: Any, userdata: Any) -> None:
-        self._set_state(f"cannot connect to {self.cfg.host}:{self.cfg.port}; retrying")
+        # paho passes no error: it calls this while it handles the attempt's OSError
+        self._set_state(f"cannot connect to {self.cfg.host}:{self.cfg.port}: "
+                        f"{connect_error(sys.exc_info()[1], uses_tls(self.cfg))}; retrying")
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any,
                     properties: Any) -> None:
@@ -365,7 +397,7 @@ class MqttBridge(StageThread):
         client.enable_logger(paho_log)
         if cfg.username is not None:
             client.username_pw_set(cfg.username, self._password)
-        if cfg.tls or cfg.tls_ca_file is not None or cfg.tls_cert_file is not None:
+        if uses_tls(cfg):
             try:
                 client.tls_set(ca_certs=str(cfg.tls_ca_file) if cfg.tls_ca_file else None,
                                certfile=str(cfg.tls_cert_file) if cfg.tls_cert_file else None,
