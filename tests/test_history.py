@@ -28,12 +28,14 @@ import pytest
 from edged.api.history import (
     COLUMN_NAMES,
     HISTORY_VERSION,
+    OUTBOX,
     HistoryError,
     NoHistory,
     SummaryRow,
     close_orphans,
     events,
     open_history,
+    outbox_after,
     prune,
     record,
     summary,
@@ -433,6 +435,52 @@ def test_a_full_disk_is_reported_and_the_thread_carries_on(
     assert store.flush(10)
     assert store.state == "ok" and store.errors == 0
     assert {"e0", refused, "later"} <= set(rows(db))
+
+
+def _outbox(db: Path) -> list[tuple[str, str]]:
+    """(id, phase) of the messages in the outbox, oldest first."""
+    conn = open_history(db, readonly=True)
+    try:
+        return [(m["id"], m["phase"]) for m in
+                (json.loads(p) for _, _, p in outbox_after(conn, 0, 10_000))]
+    finally:
+        conn.close()
+
+
+def test_what_a_full_history_refuses_goes_to_the_bridge_at_once_in_order_and_not_again(
+        tmp_path: Path, store_factory: list[EventStore]) -> None:
+    """With MQTT on, the bridge gets each message the history refuses, and each one submitted
+    meanwhile, without waiting for the next try (an hour here); once written, those stay out
+    of the outbox (the broker had them already)."""
+    db = tmp_path / "events.db"
+    handed: list[EventMessage] = []
+    store = EventStore(db, opener=small_disk(3), retry_s=3600, outbox=True,
+                       on_refused=handed.append)
+    store_factory.append(store)
+    store.start()
+    t0 = at(7)
+    for i in range(40):  # one at a time until the disk refuses one
+        store.submit(event(f"e{i}", "start", t0, t0, snapshot="x" * 3000))
+        wait_for(lambda: store.queued == 0 or store.state != "ok")
+        if store.state != "ok":
+            break
+    refused = f"e{i}"
+    assert i > 0 and _outbox(db) == [(f"e{k}", "start") for k in range(i)]  # the normal way
+    wait_for(lambda: len(handed) == 1)
+    store.submit(event("later", "start", t0, t0))
+    store.submit(event("later", "end", t0 + NS, t0))
+    wait_for(lambda: len(handed) == 3)
+    assert [(m.id, m.phase) for m in handed] == [(refused, "start"), ("later", "start"),
+                                                  ("later", "end")]
+    with sqlite3.connect(db) as c:  # room again; the last try at stop writes the queue
+        c.execute("DELETE FROM events")
+        c.execute(f"DELETE FROM {OUTBOX}")
+    c.close()
+    store.stop()
+    assert store.join(10) and store.errors == 0 and store.lost == 0
+    assert {refused, "later"} <= set(rows(db)) and rows(db)["later"]["end_reason"] is not None
+    # the outbox has only the end that stop made for the event still open (a new message)
+    assert _outbox(db) == [(refused, "end")] and len(handed) == 3
 
 
 def test_a_nearly_full_disk_still_takes_the_rows_that_fit_and_keeps_the_rest(

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edged.api.history import OUTBOX
+from edged.api.history import BUSY_TIMEOUT_S, OUTBOX
 from edged.config import parse_config
 from edged.media import SAMPLE_CLIP
 from edged.pipeline.mqtt import MqttBridge, camera_specs
@@ -418,3 +418,42 @@ def test_a_connection_that_fails_says_why(tmp_path: Path, speed: Speed) -> None:
         # and the right CA connects: the failures above were the settings, not the test
         assert _bridge_says(tmp_path, {**at_tls, "tls_ca_file": str(tls.ca)}, "connected",
                             wait) == f"connected to {tls.host}:{tls.port}"
+
+
+def test_events_keep_reaching_mqtt_while_the_history_refuses_writes(
+        tmp_path: Path, speed: Speed) -> None:
+    """A history that refuses writes (locked by another process's transaction here; a full
+    disk refuses them the same way) delays no event on MQTT: each one goes out live, after
+    those the outbox still had, in order and once; the history gets them when it can."""
+    broker = Broker(tmp_path)
+    db = tmp_path / "events.db"
+    with broker, Recorder(broker, [(f"{BASE}/events", 1)]) as rec:
+        with Daemon(tmp_path, _outage_config(tmp_path, broker)) as d, \
+                Listener(f"ipc://{tmp_path}/edged.sock", ("event/", "process/")) as sub:
+            rec.wait(lambda r: True, speed.start_deadline(base_s=5.0), "a first event")
+            lock = sqlite3.connect(db, isolation_level=None)
+            lock.execute("BEGIN EXCLUSIVE")  # edged's writes: "locked" after a busy wait
+            try:
+                sub.wait_until(lambda m: m[0] == "process/" and m[1]["history"] != "ok",
+                               speed.deadline(base_s=BUSY_TIMEOUT_S + 2),
+                               "the status saying the history refuses writes")
+                sub.wait_count(lambda m: m[0].startswith("event/"), 3, speed.deadline(
+                    base_s=5.0), "events while it does", since=len(sub.messages))
+                want = {_event_key(m) for m in _zmq_events(sub)}
+                rec.wait(lambda r: {_event_key(m) for m in _mqtt_events(rec)} >= want,
+                         speed.deadline(base_s=2 * BUSY_TIMEOUT_S),
+                         f"all {len(want)} event messages on MQTT, the history still locked")
+            finally:
+                lock.rollback()
+                lock.close()
+            code, _ = d.stop()
+            sub.drain()
+        assert code == 0, d.stderr[-3000:]
+        sent = [_event_key(m) for m in _zmq_events(sub)]
+        rec.wait(lambda r: len(_mqtt_events(rec)) >= len(sent), speed.deadline(),
+                 f"{len(sent)} event messages")
+        got = [_event_key(m) for m in _mqtt_events(rec)]
+    assert got == sent  # every one, once, in order
+    with sqlite3.connect(db) as conn:  # and the history has them all (written at the stop)
+        recorded = {r[0] for r in conn.execute("SELECT id FROM events")}
+    assert {k[0] for k in sent} <= recorded

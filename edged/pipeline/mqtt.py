@@ -13,8 +13,11 @@ What is kept while the broker is away:
   thread publishes them in order, at most ``WINDOW`` unacknowledged, and remembers (in the same
   file) how far the broker acknowledged. A broker outage, a restart of edged, or both, lose
   none; a message handed to the broker whose acknowledgement was lost to a crash is sent again
-  (MQTT QoS 1 is at least once; ``id`` + ``phase`` + ``ts_ns`` identify a message). Without an
-  event history, events go out live, best effort.
+  (MQTT QoS 1 is at least once; ``id`` + ``phase`` + ``ts_ns`` identify a message). While the
+  history refuses writes (a full disk), the store hands each event message here instead, and it
+  goes out live once the outbox's backlog has: events keep flowing, in order, best effort (a
+  restart meanwhile loses those the broker had not acknowledged). Without an event history,
+  events go out live, best effort.
 - **Counts and snapshots** are retained topics: only the latest value matters, so the latest
   per topic is kept and (re)published on every connection (a broker restarted without
   persistence has lost its retained messages).
@@ -68,7 +71,7 @@ logger = logging.getLogger(__name__)
 
 WINDOW = 16  # event messages handed to the broker and not yet acknowledged
 OFFERS = 512  # messages waiting for this thread (it keeps up; a bound, not a buffer)
-LIVE_EVENTS = 1000  # without a history: event messages kept while disconnected
+LIVE_EVENTS = 1000  # event messages sent live (no history, or it fails), kept while disconnected
 PAHO_QUEUE = 1000  # messages paho holds unacknowledged or unsent (a broker that never acks)
 ANNOUNCE_EVERY_S = 10.0  # Home Assistant's "online" re-announces at most this often
 CONNECT_TIMEOUT_S = 2.0  # a broker whose SYNs vanish must not hold a stop or a reload long
@@ -299,6 +302,16 @@ class MqttBridge(StageThread):
             if len(self._offers) == self._offers.maxlen:
                 self.dropped += 1
             self._offers.append(message)
+            self._cond.notify()
+
+    def live(self, message: EventMessage) -> None:
+        """An event message the history does not have (the store's thread): sent live, after
+        the outbox's backlog; never blocks."""
+        payload = encode(message)
+        with self._cond:
+            if len(self._live) == self._live.maxlen:
+                self.dropped += 1
+            self._live.append(payload)
             self._cond.notify()
 
     def wake(self) -> None:
@@ -538,7 +551,7 @@ class MqttBridge(StageThread):
             if self.cfg.detections:
                 self._detections(m)
         elif isinstance(m, EventMessage) and self.history is None:
-            self._live.append(encode(m))
+            self.live(m)
 
     def _counts(self, camera: str, occ: Occupancy) -> None:
         t, qos = self.topics, self.cfg.qos.counts
@@ -610,28 +623,34 @@ class MqttBridge(StageThread):
                 client.publish(topic, payload, qos=self.cfg.qos.status)
                 self._status_sent[topic] = state
             self._status_due = now + self.cfg.status_interval_s
-        while self._live:
-            client.publish(self.topics.events, self._live.popleft(), qos=self.cfg.qos.events)
-        self._deliver(client)
+        if self._deliver(client):  # the outbox's backlog is older: it goes first
+            while self._live:
+                client.publish(self.topics.events, self._live.popleft(), qos=self.cfg.qos.events)
 
-    def _deliver(self, client: Any) -> None:
-        """The outbox's next event messages, in order, while fewer than WINDOW are unacked."""
+    def _deliver(self, client: Any) -> bool:
+        """The outbox's next event messages, in order, while fewer than WINDOW are unacked.
+        True: all of it has been handed to paho (or it cannot be read: the live ones wait for
+        nothing then)."""
         if self._resending and self._inflight:
-            return  # paho sends the older ones again first: order is kept
+            return False  # paho sends the older ones again first: order is kept
         self._resending = False
-        if self._conn is None or len(self._inflight) >= WINDOW:
-            return
+        if self._conn is None:
+            return True
+        room = WINDOW - len(self._inflight)
+        if room <= 0:
+            return False
         try:
-            rows = outbox_after(self._conn, self._handed, WINDOW - len(self._inflight))
+            rows = outbox_after(self._conn, self._handed, room)
         except sqlite3.Error as e:
             self._db_error = f"event outbox: {first_line(e)}"
-            return
+            return True
         for seq, _camera, payload in rows:
             info = client.publish(self.topics.events, payload, qos=self.cfg.qos.events)
             if info.rc != 0:  # paho's queue is full (a broker that stopped acknowledging)
-                return
+                return False
             self._inflight[info.mid] = seq
             self._handed = seq
+        return len(rows) < room
 
     def _settle_acks(self) -> None:
         """Acknowledged event messages: everything below the oldest unacknowledged one is

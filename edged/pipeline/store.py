@@ -24,6 +24,11 @@ the head of the queue and is tried again every ``retry_s`` (the queue's drop pol
 waits), so a disk that comes back loses nothing. A batch SQLite refuses for what it holds (a
 value it cannot store, a corrupt file's IntegrityError) is dropped and counted in `errors`, as is
 whatever still fails at stop.
+
+With the MQTT bridge on, a message the history refuses (or cannot be opened for, or drops) goes
+to ``on_refused`` (the bridge sends it live, after the outbox's backlog), and so does every
+message submitted while the history is failing: a full disk delays no event on MQTT. Such a
+message is recorded later without the outbox, so the broker never gets it twice.
 """
 
 from __future__ import annotations
@@ -55,8 +60,12 @@ Opener = Callable[[Path], sqlite3.Connection]
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class HistoryOnly(EventMessage):
-    """An open event's current state for the history alone (the event layer's heartbeat):
-    subscribers never saw it, so it never goes to the MQTT outbox either."""
+    """A message for the history, never the MQTT outbox: an open event's heartbeat (nobody was
+    sent it), or one the bridge sent live while the history failed."""
+
+
+def _history_only(msg: EventMessage) -> HistoryOnly:
+    return HistoryOnly(**{f.name: getattr(msg, f.name) for f in dataclasses.fields(msg)})
 
 
 class EventStore(StageThread):
@@ -71,7 +80,8 @@ class EventStore(StageThread):
                  queue_size: int = QUEUE_SIZE, prune_interval_s: float = PRUNE_INTERVAL_S,
                  retry_s: float = RETRY_S, opener: Opener = open_history,
                  clock_ns: Callable[[], int] = time.time_ns, outbox: bool = False,
-                 on_commit: Callable[[], None] | None = None) -> None:
+                 on_commit: Callable[[], None] | None = None,
+                 on_refused: Callable[[EventMessage], None] | None = None) -> None:
         # A daemon thread: a write stuck on a dying disk must not hold the process past a
         # bounded stop (the daemon joins it with a timeout; what was committed stays).
         super().__init__("edged-event-store", daemon=True)
@@ -84,10 +94,12 @@ class EventStore(StageThread):
         self._retry_s = retry_s
         self._opener = opener
         self._clock = clock_ns
-        # Also queue each message for the MQTT bridge (history.OUTBOX), and tell it after each
-        # commit; a reload that turns MQTT on or off sets both (read once per transaction).
+        # Also queue each message for the MQTT bridge (history.OUTBOX), tell it after each
+        # commit, and hand it what the history refuses; a reload that turns MQTT on or off
+        # sets all three.
         self.outbox = outbox
         self.on_commit = on_commit
+        self.on_refused = on_refused
         self._cond = threading.Condition()
         self._queue: collections.deque[EventMessage] = collections.deque()
         self._in_flight = 0
@@ -115,13 +127,32 @@ class EventStore(StageThread):
         or a scan of the queue when it is full). ``history_only``: a message nobody was sent
         (kept out of the outbox)."""
         if history_only:
-            msg = HistoryOnly(**{f.name: getattr(msg, f.name) for f in dataclasses.fields(msg)})
+            msg = _history_only(msg)
         with self._cond:
             q = self._queue
             if len(q) >= self._size and not self._drop_oldest_update(msg):
                 return
             q.append(msg)
             self._cond.notify()
+
+    def _hand_over(self, msgs: list[EventMessage]) -> list[EventMessage]:
+        """Messages the history does not have now go to ``on_refused`` (the MQTT bridge, which
+        sends them live); returned as HistoryOnly, so that the outbox never gets them too."""
+        hand, out = self.on_refused, []
+        for m in msgs:
+            if hand is not None and self.outbox and not isinstance(m, HistoryOnly):
+                hand(m)
+                m = _history_only(m)
+            out.append(m)
+        return out
+
+    def _hand_over_queued(self) -> None:
+        """The history is failing: everything queued goes to the bridge now, oldest first (the
+        one thread that hands messages over, so their order holds)."""
+        with self._cond:
+            handed = self._hand_over(list(self._queue))
+            self._queue.clear()
+            self._queue.extend(handed)
 
     def _drop_oldest_update(self, incoming: EventMessage) -> bool:
         """Make room for ``incoming`` in a full queue; False: drop ``incoming`` instead."""
@@ -219,6 +250,7 @@ class EventStore(StageThread):
         except Exception as e:  # a value SQLite cannot hold, a corrupt file: never fatal
             self.errors += len(batch)
             self._failed(e)
+            self._hand_over(batch)
         else:
             self.written += len(batch)
             self._set_state(OK)
@@ -281,6 +313,7 @@ class EventStore(StageThread):
             while True:
                 now = time.monotonic()
                 if now < retry_at and not self._stop.is_set():
+                    self._hand_over_queued()  # what came since: to MQTT at once, in order
                     self._pause(retry_at - now)
                     continue
                 wake = next_prune if conn is not None else next_open
@@ -291,9 +324,11 @@ class EventStore(StageThread):
                 if batch:
                     refused = batch if conn is None else self._write(conn, batch)
                     if refused and self._stop.is_set():  # the last try: counted, not kept
+                        self._hand_over(refused)
                         self.errors += len(refused)
                     elif refused:
                         self._requeue(refused)
+                        self._hand_over_queued()
                         retry_at = time.monotonic() + self._retry_s
                     self._done()
                 if conn is not None and time.monotonic() >= next_prune:

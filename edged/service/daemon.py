@@ -332,7 +332,8 @@ class Service:
             # with MQTT on, every event message also waits in the history's outbox until
             # the broker has it
             self.store = EventStore(history, ev.retention_days, outbox=self.mqtt is not None,
-                                    on_commit=self.mqtt.wake if self.mqtt else None)
+                                    on_commit=self.mqtt.wake if self.mqtt else None,
+                                    on_refused=self.mqtt.live if self.mqtt else None)
             self.store.start()
         # Published as snap/<camera>/ always; saved where there is a directory.
         self.snapshots = SnapshotWriter(snaps, ev.snapshot_quality, ev.retention_days * 86400,
@@ -812,6 +813,7 @@ class Service:
         if self.store is not None:
             self.store.outbox = bridge is not None
             self.store.on_commit = bridge.wake if bridge is not None else None
+            self.store.on_refused = bridge.live if bridge is not None else None
         if bridge is not None:
             bridge.start()
         logger.info("reload: mqtt %s", "reconnecting" if bridge else "off")
