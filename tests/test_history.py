@@ -411,6 +411,16 @@ def small_disk(extra_pages: int) -> Callable[[Path], sqlite3.Connection]:
     return opener
 
 
+def fill_until_refused(store: EventStore, t0: int) -> str:
+    """Starts e0, e1, ... one at a time until the history refuses one: its id (kept queued)."""
+    for i in range(40):
+        store.submit(event(f"e{i}", "start", t0, t0, snapshot="x" * 3000))
+        wait_for(lambda: store.queued == 0 or store.state != "ok")
+        if store.state != "ok":
+            return f"e{i}"
+    raise AssertionError("the small disk took 40 events")
+
+
 def test_a_full_disk_is_reported_and_the_thread_carries_on(
         tmp_path: Path, store_factory: list[EventStore]) -> None:
     db = tmp_path / "events.db"
@@ -418,12 +428,7 @@ def test_a_full_disk_is_reported_and_the_thread_carries_on(
     store_factory.append(store)
     store.start()
     t0 = at(7)
-    for i in range(40):  # one at a time until the disk refuses one
-        store.submit(event(f"e{i}", "start", t0, t0, snapshot="x" * 3000))
-        wait_for(lambda: store.queued == 0 or store.state != "ok")
-        if store.state != "ok":
-            break
-    refused = f"e{i}"
+    refused = fill_until_refused(store, t0)
     assert store.state.startswith(f"event history {db}:")
     assert "full" in store.state and store.is_alive()
     assert store.errors == 0 and store.queued == 1 and refused not in rows(db)  # kept
@@ -459,13 +464,9 @@ def test_what_a_full_history_refuses_goes_to_the_bridge_at_once_in_order_and_not
     store_factory.append(store)
     store.start()
     t0 = at(7)
-    for i in range(40):  # one at a time until the disk refuses one
-        store.submit(event(f"e{i}", "start", t0, t0, snapshot="x" * 3000))
-        wait_for(lambda: store.queued == 0 or store.state != "ok")
-        if store.state != "ok":
-            break
-    refused = f"e{i}"
-    assert i > 0 and _outbox(db) == [(f"e{k}", "start") for k in range(i)]  # the normal way
+    refused = fill_until_refused(store, t0)
+    n = int(refused[1:])
+    assert n > 0 and _outbox(db) == [(f"e{k}", "start") for k in range(n)]  # the normal way
     wait_for(lambda: len(handed) == 1)
     store.submit(event("later", "start", t0, t0))
     store.submit(event("later", "end", t0 + NS, t0))

@@ -87,6 +87,16 @@ def _zmq_events(sub: Listener) -> list[dict[str, Any]]:
     return [m for t, m, _ in sub.messages if t.startswith("event/")]
 
 
+def _each_once_in_order(rec: Recorder, zmq_events: list[dict[str, Any]],
+                        speed: Speed) -> list[tuple[str, str, int]]:
+    """The event messages edged published reach MQTT, every one, once, in order."""
+    want = [_event_key(m) for m in zmq_events]
+    rec.wait(lambda r: len(_mqtt_events(rec)) >= len(want), speed.deadline(),
+             f"{len(want)} event messages")
+    assert [_event_key(m) for m in _mqtt_events(rec)] == want
+    return want
+
+
 def _mqtt_state(sub: Listener, pred: Any, timeout_s: float, what: str) -> str:
     _, st, _ = sub.wait_until(lambda m: m[0] == "process/" and m[1]["mqtt"] is not None and
                               pred(m[1]["mqtt"]), timeout_s, what)
@@ -261,11 +271,7 @@ def test_a_broker_down_for_30_s_loses_no_event_and_sends_none_twice(
             code, _ = d.stop()
             sub.drain()
         assert code == 0, d.stderr[-3000:]
-        want = [_event_key(m) for m in _zmq_events(sub)]
-        rec.wait(lambda r: len(_mqtt_events(rec)) >= len(want), speed.deadline(),
-                 f"{len(want)} event messages")
-        got = [_event_key(m) for m in _mqtt_events(rec)]
-    assert got == want  # every one, once, in order
+        want = _each_once_in_order(rec, _zmq_events(sub), speed)
     assert len(want) >= 10, want
 
 
@@ -306,11 +312,7 @@ def test_edged_restarted_while_the_broker_is_down_loses_no_event(
             sub.drain()
             zmq_events += _zmq_events(sub)
         assert code == 0, d.stderr[-3000:]
-        want = [_event_key(m) for m in zmq_events]
-        rec.wait(lambda r: len(_mqtt_events(rec)) >= len(want), speed.deadline(),
-                 f"{len(want)} event messages")
-        got = [_event_key(m) for m in _mqtt_events(rec)]
-    assert got == want
+        _each_once_in_order(rec, zmq_events, speed)
 
 
 def test_a_removed_camera_s_entities_are_removed_and_home_assistant_gets_them_again(
@@ -449,11 +451,7 @@ def test_events_keep_reaching_mqtt_while_the_history_refuses_writes(
             code, _ = d.stop()
             sub.drain()
         assert code == 0, d.stderr[-3000:]
-        sent = [_event_key(m) for m in _zmq_events(sub)]
-        rec.wait(lambda r: len(_mqtt_events(rec)) >= len(sent), speed.deadline(),
-                 f"{len(sent)} event messages")
-        got = [_event_key(m) for m in _mqtt_events(rec)]
-    assert got == sent  # every one, once, in order
+        sent = _each_once_in_order(rec, _zmq_events(sub), speed)
     with sqlite3.connect(db) as conn:  # and the history has them all (written at the stop)
         recorded = {r[0] for r in conn.execute("SELECT id FROM events")}
     assert {k[0] for k in sent} <= recorded
