@@ -458,9 +458,9 @@ def test_what_a_full_history_refuses_goes_to_the_bridge_at_once_in_order_and_not
     meanwhile, without waiting for the next try (an hour here); once written, those stay out
     of the outbox (the broker had them already)."""
     db = tmp_path / "events.db"
-    handed: list[EventMessage] = []
+    handed: list[tuple[EventMessage, int]] = []
     store = EventStore(db, opener=small_disk(3), retry_s=3600, outbox=True,
-                       on_refused=handed.append)
+                       on_refused=lambda m, after: handed.append((m, after)))
     store_factory.append(store)
     store.start()
     t0 = at(7)
@@ -471,8 +471,9 @@ def test_what_a_full_history_refuses_goes_to_the_bridge_at_once_in_order_and_not
     store.submit(event("later", "start", t0, t0))
     store.submit(event("later", "end", t0 + NS, t0))
     wait_for(lambda: len(handed) == 3)
-    assert [(m.id, m.phase) for m in handed] == [(refused, "start"), ("later", "start"),
-                                                  ("later", "end")]
+    # each with the outbox seq it follows: the last one the history took (n messages: 1..n)
+    assert [(m.id, m.phase, after) for m, after in handed] == [
+        (refused, "start", n), ("later", "start", n), ("later", "end", n)]
     with sqlite3.connect(db) as c:  # room again; the last try at stop writes the queue
         c.execute("DELETE FROM events")
         c.execute(f"DELETE FROM {OUTBOX}")

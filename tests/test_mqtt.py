@@ -6,6 +6,7 @@ MQTT must carry."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import signal
@@ -14,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +23,14 @@ import cv2
 import numpy as np
 import pytest
 
-from edged.api.history import BUSY_TIMEOUT_S, OUTBOX
+from edged.api.history import BUSY_TIMEOUT_S, OUTBOX, open_history, record
 from edged.config import parse_config
 from edged.media import SAMPLE_CLIP
 from edged.pipeline.mqtt import MqttBridge, camera_specs
 from tests.conftest import REPO, one_line_error, run_edged
 from tests.daemon_util import Daemon, Listener, write_config
 from tests.mqtt_broker import Broker, Received, Recorder
+from tests.test_history import NS, at, event
 from tests.timing import Speed
 
 pytest.importorskip("paho.mqtt", reason="the mqtt extra (paho-mqtt) is not installed")
@@ -373,22 +376,32 @@ def test_mqtt_on_without_paho_is_one_line_and_exit_2(tmp_path: Path) -> None:
         one_line_error(proc)
 
 
-def _bridge_says(tmp: Path, mqtt: dict[str, Any], want: str, timeout_s: float) -> str:
-    """The real bridge (paho, real sockets) on ``mqtt``: its state once it contains ``want``."""
+@contextlib.contextmanager
+def _bridge(mqtt: dict[str, Any], history: Path | None = None,
+            before: Callable[[MqttBridge], None] = lambda b: None) -> Iterator[MqttBridge]:
+    """The real bridge (paho, real sockets) on ``mqtt``, running; ``before`` runs before its
+    thread starts."""
     cfg = parse_config({"camera": {"name": "roof", "source": str(SAMPLE_CLIP)},
                         "mqtt": {"enabled": True, **mqtt}})
-    bridge = MqttBridge(cfg.mqtt, camera_specs(cfg), None)
+    bridge = MqttBridge(cfg.mqtt, camera_specs(cfg), history)
     bridge.prepare()
+    before(bridge)
     bridge.start()
     try:
+        yield bridge
+    finally:
+        bridge.stop()
+        assert bridge.join(10), "the bridge did not stop"
+
+
+def _bridge_says(tmp: Path, mqtt: dict[str, Any], want: str, timeout_s: float) -> str:
+    """The bridge's state once it contains ``want``."""
+    with _bridge(mqtt) as bridge:
         deadline = time.monotonic() + timeout_s
         while want not in bridge.state:
             assert time.monotonic() < deadline, f"{want!r} not in {bridge.state!r}"
             time.sleep(0.05)
         return bridge.state
-    finally:
-        bridge.stop()
-        assert bridge.join(10), "the bridge did not stop"
 
 
 def test_a_connection_that_fails_says_why(tmp_path: Path, speed: Speed) -> None:
@@ -455,3 +468,23 @@ def test_events_keep_reaching_mqtt_while_the_history_refuses_writes(
     with sqlite3.connect(db) as conn:  # and the history has them all (written at the stop)
         recorded = {r[0] for r in conn.execute("SELECT id FROM events")}
     assert {k[0] for k in sent} <= recorded
+
+
+def test_a_live_event_goes_out_between_the_outbox_messages_around_it(
+        tmp_path: Path, speed: Speed) -> None:
+    """An event message the history refused goes to the bridge with the outbox seq it follows:
+    "b" was published after "a" (seq 1) and before "c" (seq 2, recorded once the history took
+    writes again, before the broker was back): the broker gets a, b, c."""
+    db = tmp_path / "events.db"
+    t0 = at(7)
+    conn = open_history(db)
+    with conn:
+        record(conn, event("a", "start", t0, t0), outbox=True)
+        record(conn, event("c", "start", t0 + NS, t0 + NS), outbox=True)
+    conn.close()
+    broker = Broker(tmp_path)
+    with broker, Recorder(broker, [(f"{BASE}/events", 1)]) as rec, \
+            _bridge({"host": broker.host, "port": broker.port, "node": NODE}, db,
+                    lambda b: b.live(event("b", "start", t0, t0), after=1)):
+        rec.wait(lambda r: len(_mqtt_events(rec)) >= 3, speed.deadline(), "three events")
+    assert [m["id"] for m in _mqtt_events(rec)] == ["a", "b", "c"]

@@ -273,12 +273,19 @@ def _message(row: EventRecord) -> EventMessage:
     return EventMessage(phase="update", seq=0, **fields)
 
 
-def outbox_after(conn: sqlite3.Connection, seq: int, limit: int) -> list[tuple[int, str, bytes]]:
-    """Up to ``limit`` queued event messages after ``seq``, oldest first: (seq, camera,
-    JSON payload)."""
+def outbox_after(conn: sqlite3.Connection, seq: int, limit: int,
+                 upto: int | None = None) -> list[tuple[int, str, bytes]]:
+    """Up to ``limit`` queued event messages after ``seq`` (and up to ``upto``), oldest first:
+    (seq, camera, JSON payload)."""
     return [(s, cam, payload.encode()) for s, cam, payload in conn.execute(
-        f"SELECT seq, camera, payload FROM {OUTBOX} WHERE seq > ? ORDER BY seq LIMIT ?",
-        (seq, limit))]
+        f"SELECT seq, camera, payload FROM {OUTBOX} WHERE seq > ? AND seq <= ? ORDER BY seq "
+        "LIMIT ?", (seq, (1 << 62) if upto is None else upto, limit))]
+
+
+def outbox_last(conn: sqlite3.Connection) -> int:
+    """The seq of the last message ever put in the outbox (0: none), delivered or not."""
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (OUTBOX,)).fetchone()
+    return int(row[0]) if row else 0
 
 
 def delivered(conn: sqlite3.Connection, name: str) -> int:

@@ -14,9 +14,10 @@ What is kept while the broker is away:
   file) how far the broker acknowledged. A broker outage, a restart of edged, or both, lose
   none; a message handed to the broker whose acknowledgement was lost to a crash is sent again
   (MQTT QoS 1 is at least once; ``id`` + ``phase`` + ``ts_ns`` identify a message). While the
-  history refuses writes (a full disk), the store hands each event message here instead, and it
-  goes out live once the outbox's backlog has: events keep flowing, in order, best effort (a
-  restart meanwhile loses those the broker had not acknowledged). Without an event history,
+  history refuses writes (a full disk), the store hands each event message here instead, with
+  the outbox seq it follows; it goes out live once the outbox's messages up to that seq have:
+  events keep flowing, in order, best effort (a restart meanwhile loses those the broker had
+  not acknowledged). Without an event history,
   events go out live, best effort.
 - **Counts and snapshots** are retained topics: only the latest value matters, so the latest
   per topic is kept and (re)published on every connection (a broker restarted without
@@ -274,7 +275,8 @@ class MqttBridge(StageThread):
         self._status_sent: dict[str, str] = {}  # topic -> state last sent
         self._status_due = 0.0
         self._det_last: dict[str, float] = {}
-        self._live: collections.deque[bytes] = collections.deque(maxlen=LIVE_EVENTS)
+        # (the outbox seq it follows, payload)
+        self._live: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=LIVE_EVENTS)
         self._inflight: dict[int, int] = {}  # mid -> outbox seq
         self._handed = 0  # last outbox seq handed to paho
         self._acked = 0  # last outbox seq the broker has (everything up to it)
@@ -304,14 +306,14 @@ class MqttBridge(StageThread):
             self._offers.append(message)
             self._cond.notify()
 
-    def live(self, message: EventMessage) -> None:
+    def live(self, message: EventMessage, after: int = 0) -> None:
         """An event message the history does not have (the store's thread): sent live, after
-        the outbox's backlog; never blocks."""
+        the outbox's messages up to seq ``after`` (which came before it); never blocks."""
         payload = encode(message)
         with self._cond:
             if len(self._live) == self._live.maxlen:
                 self.dropped += 1
-            self._live.append(payload)
+            self._live.append((after, payload))
             self._cond.notify()
 
     def wake(self) -> None:
@@ -623,34 +625,42 @@ class MqttBridge(StageThread):
                 client.publish(topic, payload, qos=self.cfg.qos.status)
                 self._status_sent[topic] = state
             self._status_due = now + self.cfg.status_interval_s
-        if self._deliver(client):  # the outbox's backlog is older: it goes first
-            while self._live:
-                client.publish(self.topics.events, self._live.popleft(), qos=self.cfg.qos.events)
+        self._deliver(client)
 
-    def _deliver(self, client: Any) -> bool:
-        """The outbox's next event messages, in order, while fewer than WINDOW are unacked.
-        True: all of it has been handed to paho (or it cannot be read: the live ones wait for
-        nothing then)."""
+    def _deliver(self, client: Any) -> None:
+        """Event messages in the order they were published: the outbox's, while fewer than
+        WINDOW are unacknowledged, and each live one once the outbox's messages before it have
+        gone (all of them, when the outbox cannot be read)."""
         if self._resending and self._inflight:
-            return False  # paho sends the older ones again first: order is kept
+            return  # paho sends the older ones again first: order is kept
         self._resending = False
-        if self._conn is None:
-            return True
-        room = WINDOW - len(self._inflight)
-        if room <= 0:
-            return False
-        try:
-            rows = outbox_after(self._conn, self._handed, room)
-        except sqlite3.Error as e:
-            self._db_error = f"event outbox: {first_line(e)}"
-            return True
-        for seq, _camera, payload in rows:
-            info = client.publish(self.topics.events, payload, qos=self.cfg.qos.events)
-            if info.rc != 0:  # paho's queue is full (a broker that stopped acknowledging)
-                return False
-            self._inflight[info.mid] = seq
-            self._handed = seq
-        return len(rows) < room
+        while True:
+            item = self._live[0] if self._live else None
+            bound = item[0] if item else None
+            if self._conn is not None and (bound is None or self._handed < bound):
+                room = WINDOW - len(self._inflight)
+                if room <= 0:
+                    return
+                try:
+                    rows = outbox_after(self._conn, self._handed, room, bound)
+                except sqlite3.Error as e:
+                    self._db_error = f"event outbox: {first_line(e)}"
+                    rows = []
+                for seq, _camera, payload in rows:
+                    info = client.publish(self.topics.events, payload, qos=self.cfg.qos.events)
+                    if info.rc != 0:  # paho's queue is full (a broker that stopped acking)
+                        return
+                    self._inflight[info.mid] = seq
+                    self._handed = seq
+                if bound is None or len(rows) == room:
+                    return  # (a full window: more of the outbox may come before the live one)
+            if item is None:
+                return
+            if client.publish(self.topics.events, item[1], qos=self.cfg.qos.events).rc != 0:
+                return  # paho's queue is full: tried again later
+            with self._cond:  # the store's thread appends (a full deque drops from the left)
+                if self._live and self._live[0] is item:
+                    self._live.popleft()
 
     def _settle_acks(self) -> None:
         """Acknowledged event messages: everything below the oldest unacknowledged one is

@@ -26,14 +26,16 @@ value it cannot store, a corrupt file's IntegrityError) is dropped and counted i
 whatever still fails at stop.
 
 With the MQTT bridge on, a message the history refuses (or cannot be opened for, or drops) goes
-to ``on_refused`` (the bridge sends it live, after the outbox's backlog), and so does every
-message submitted while the history is failing: a full disk delays no event on MQTT. Such a
-message is recorded later without the outbox, so the broker never gets it twice.
+to ``on_refused`` with the outbox seq it follows (the bridge sends it live, after the outbox's
+messages up to that seq), and so does every message submitted while the history is failing: a
+full disk delays no event on MQTT. Such a message is recorded later without the outbox, so the
+broker never gets it twice.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import sqlite3
@@ -42,7 +44,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from edged.api.history import HistoryError, close_orphans, open_history, prune, record
+from edged.api.history import (
+    HistoryError,
+    close_orphans,
+    open_history,
+    outbox_last,
+    prune,
+    record,
+)
 from edged.api.messages import EventMessage
 from edged.errors import first_line
 from edged.pipeline.stage import StageThread
@@ -81,7 +90,7 @@ class EventStore(StageThread):
                  retry_s: float = RETRY_S, opener: Opener = open_history,
                  clock_ns: Callable[[], int] = time.time_ns, outbox: bool = False,
                  on_commit: Callable[[], None] | None = None,
-                 on_refused: Callable[[EventMessage], None] | None = None) -> None:
+                 on_refused: Callable[[EventMessage, int], None] | None = None) -> None:
         # A daemon thread: a write stuck on a dying disk must not hold the process past a
         # bounded stop (the daemon joins it with a timeout; what was committed stays).
         super().__init__("edged-event-store", daemon=True)
@@ -100,6 +109,7 @@ class EventStore(StageThread):
         self.outbox = outbox
         self.on_commit = on_commit
         self.on_refused = on_refused
+        self._outbox_last = 0  # the outbox's last seq: what a message handed over follows
         self._cond = threading.Condition()
         self._queue: collections.deque[EventMessage] = collections.deque()
         self._in_flight = 0
@@ -137,11 +147,12 @@ class EventStore(StageThread):
 
     def _hand_over(self, msgs: list[EventMessage]) -> list[EventMessage]:
         """Messages the history does not have now go to ``on_refused`` (the MQTT bridge, which
-        sends them live); returned as HistoryOnly, so that the outbox never gets them too."""
+        sends them live after the outbox's messages up to the seq given); returned as
+        HistoryOnly, so that the outbox never gets them too."""
         hand, out = self.on_refused, []
         for m in msgs:
             if hand is not None and self.outbox and not isinstance(m, HistoryOnly):
-                hand(m)
+                hand(m, self._outbox_last)
                 m = _history_only(m)
             out.append(m)
         return out
@@ -214,7 +225,9 @@ class EventStore(StageThread):
             self._failed(e)
             return None
         try:
+            self._note_outbox(conn)
             self.crash_closed += close_orphans(conn, "crash", self._clock(), self.outbox)
+            self._note_outbox(conn)
             if self.crash_closed and self.on_commit is not None:
                 self.on_commit()
             if self.crash_closed:
@@ -254,9 +267,15 @@ class EventStore(StageThread):
         else:
             self.written += len(batch)
             self._set_state(OK)
+            self._note_outbox(conn)
             if self.on_commit is not None:
                 self.on_commit()
         return True
+
+    def _note_outbox(self, conn: sqlite3.Connection) -> None:
+        if self.outbox:
+            with contextlib.suppress(sqlite3.Error):  # a read; on failure the last one stands
+                self._outbox_last = outbox_last(conn)
 
     def _write(self, conn: sqlite3.Connection, batch: list[EventMessage]) -> list[EventMessage]:
         """Commit ``batch``; returns what the history refused for now (to try again later).
