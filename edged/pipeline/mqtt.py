@@ -277,6 +277,8 @@ class MqttBridge(StageThread):
         self._det_last: dict[str, float] = {}
         # (the outbox seq it follows, payload)
         self._live: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=LIVE_EVENTS)
+        # paho's receipts of the live ones it took (sent and acknowledged: a stop waits for them)
+        self._live_sent: collections.deque[Any] = collections.deque(maxlen=PAHO_QUEUE)
         self._inflight: dict[int, int] = {}  # mid -> outbox seq
         self._handed = 0  # last outbox seq handed to paho
         self._acked = 0  # last outbox seq the broker has (everything up to it)
@@ -292,9 +294,11 @@ class MqttBridge(StageThread):
     @property
     def state(self) -> str:
         """For the status: connected, or what it is trying and why."""
-        waiting = len(self._inflight)
+        waiting, live = len(self._inflight), len(self._live)
+        counts = ", ".join(x for x in (f"{waiting} events unacknowledged" if waiting else "",
+                                       f"{live} to send live" if live else "") if x)
         extra = f"; {self._db_error}" if self._db_error else ""
-        return self._state + (f" ({waiting} events unacknowledged)" if waiting else "") + extra
+        return self._state + (f" ({counts})" if counts else "") + extra
 
     def offer(self, message: Message) -> None:
         """A message the publisher just sent (its thread): queued, never blocks."""
@@ -507,10 +511,14 @@ class MqttBridge(StageThread):
         self._dirty &= set(self._retained)
 
     def handover(self, old: MqttBridge) -> None:
-        """Start from what ``old`` (the bridge a reload replaces) knew: the counts and the
-        snapshots, which otherwise reach the broker only when they next change."""
+        """Start from what ``old`` (the bridge a reload replaces, stopped) knew: the counts and
+        the snapshots, which otherwise reach the broker only when they next change, and the
+        event messages it had still to send live (before any handed to this one since)."""
         if old.topics.base == self.topics.base:
             self._retained = dict(old._retained)
+        with old._cond, self._cond:
+            self._live.extendleft(reversed(old._live))
+            old._live.clear()
 
     def _work(self) -> bool:
         return bool(self._offers or self._acks or self._inbox or self._announce)
@@ -656,8 +664,12 @@ class MqttBridge(StageThread):
                     return  # (a full window: more of the outbox may come before the live one)
             if item is None:
                 return
-            if client.publish(self.topics.events, item[1], qos=self.cfg.qos.events).rc != 0:
+            info = client.publish(self.topics.events, item[1], qos=self.cfg.qos.events)
+            if info.rc != 0:
                 return  # paho's queue is full: tried again later
+            while self._live_sent and self._live_sent[0].is_published():
+                self._live_sent.popleft()
+            self._live_sent.append(info)
             with self._cond:  # the store's thread appends (a full deque drops from the left)
                 if self._live and self._live[0] is item:
                     self._live.popleft()
@@ -693,7 +705,8 @@ class MqttBridge(StageThread):
                 info = client.publish(self.topics.available, OFFLINE, qos=0, retain=True)
                 deadline = time.monotonic() + 0.5
                 while time.monotonic() < deadline and (
-                        self._inflight or not info.is_published()):
+                        self._inflight or not info.is_published() or
+                        not all(i.is_published() for i in self._live_sent)):
                     with self._cond:
                         self._cond.wait(0.05)
                     self._settle_acks()

@@ -25,11 +25,12 @@ waits), so a disk that comes back loses nothing. A batch SQLite refuses for what
 value it cannot store, a corrupt file's IntegrityError) is dropped and counted in `errors`, as is
 whatever still fails at stop.
 
-With the MQTT bridge on, a message the history refuses (or cannot be opened for, or drops) goes
-to ``on_refused`` with the outbox seq it follows (the bridge sends it live, after the outbox's
-messages up to that seq), and so does every message submitted while the history is failing: a
-full disk delays no event on MQTT. Such a message is recorded later without the outbox, so the
-broker never gets it twice.
+With the MQTT bridge on, a message the history refuses (or cannot be opened for, or cannot
+store) goes to ``on_refused`` with the outbox seq it follows (the bridge sends it live, after the
+outbox's messages up to that seq), and so does every message submitted while the history is
+failing: a full disk delays no event on MQTT. Such a message is recorded later without the
+outbox, so the broker never gets it twice. An ``update`` the full queue drops (above) is lost to
+MQTT too.
 """
 
 from __future__ import annotations
@@ -110,9 +111,12 @@ class EventStore(StageThread):
         self.on_commit = on_commit
         self.on_refused = on_refused
         self._outbox_last = 0  # the outbox's last seq: what a message handed over follows
+        self._locked = False  # the last refusal was another connection's lock
         self._cond = threading.Condition()
         self._queue: collections.deque[EventMessage] = collections.deque()
         self._in_flight = 0
+        self._submits = 0  # +1 per submit: a wait for the next try misses none
+        self._handed_at = 0  # _submits when the queue was last handed over
         self._state = OK
         self.written = 0  # messages committed
         self.dropped = 0  # updates dropped: queue full
@@ -143,6 +147,7 @@ class EventStore(StageThread):
             if len(q) >= self._size and not self._drop_oldest_update(msg):
                 return
             q.append(msg)
+            self._submits += 1
             self._cond.notify()
 
     def _hand_over(self, msgs: list[EventMessage]) -> list[EventMessage]:
@@ -158,12 +163,21 @@ class EventStore(StageThread):
         return out
 
     def _hand_over_queued(self) -> None:
-        """The history is failing: everything queued goes to the bridge now, oldest first (the
-        one thread that hands messages over, so their order holds)."""
+        """The history is failing: everything queued goes to the bridge now, oldest first (this
+        thread alone hands messages over, so their order holds), encoded by the bridge outside
+        the queue's lock (submit never waits for that)."""
         with self._cond:
-            handed = self._hand_over(list(self._queue))
-            self._queue.clear()
-            self._queue.extend(handed)
+            self._handed_at = self._submits
+            todo = [m for m in self._queue if not isinstance(m, HistoryOnly)]
+        if not todo or self.on_refused is None or not self.outbox:
+            return
+        done = {id(m): h for m, h in zip(todo, self._hand_over(todo), strict=True)}
+        with self._cond:  # (todo holds its messages: no id is reused meanwhile)
+            q = self._queue
+            for i, m in enumerate(q):
+                h = done.get(id(m))
+                if h is not None:
+                    q[i] = h
 
     def _drop_oldest_update(self, incoming: EventMessage) -> bool:
         """Make room for ``incoming`` in a full queue; False: drop ``incoming`` instead."""
@@ -259,6 +273,7 @@ class EventStore(StageThread):
                     record(conn, msg, self.outbox and not isinstance(msg, HistoryOnly))
         except sqlite3.OperationalError as e:
             self._failed(e)
+            self._locked = "locked" in str(e) or "busy" in str(e)
             return False
         except Exception as e:  # a value SQLite cannot hold, a corrupt file: never fatal
             self.errors += len(batch)
@@ -284,7 +299,7 @@ class EventStore(StageThread):
         is written before an earlier one of its event."""
         if self._commit(conn, batch):
             return []
-        if len(batch) > 1:
+        if len(batch) > 1 and not self._locked:  # (each try would wait out the busy timeout)
             for i, msg in enumerate(batch):
                 if not self._commit(conn, [msg]):
                     return batch[i:]
@@ -308,9 +323,10 @@ class EventStore(StageThread):
                     self.lost += 1
 
     def _pause(self, seconds: float) -> None:
-        """Wait before trying a refused write again (a stop ends the wait)."""
+        """Wait before trying a refused write again (a stop ends the wait, and so does a
+        message submitted since the last hand-over, even one submitted just before)."""
         with self._cond:
-            if not self._stop.is_set():
+            if not self._stop.is_set() and self._submits == self._handed_at:
                 self._cond.wait(seconds)
 
     def _prune(self, conn: sqlite3.Connection) -> None:
@@ -335,6 +351,8 @@ class EventStore(StageThread):
                     self._hand_over_queued()  # what came since: to MQTT at once, in order
                     self._pause(retry_at - now)
                     continue
+                if self._stop.is_set() and self._state != OK:
+                    self._hand_over_queued()  # before the last try, which may hang on a lock
                 wake = next_prune if conn is not None else next_open
                 batch = self._take(wake - now)
                 if conn is None and (time.monotonic() >= next_open or self._stop.is_set()):

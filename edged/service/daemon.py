@@ -805,15 +805,15 @@ class Service:
         old_bridge, self.mqtt = self.mqtt, bridge
         assert self.publisher is not None
         self.publisher.taps = (bridge.offer,) if bridge is not None else ()
+        if self.store is not None:  # before the old bridge stops: it misses nothing after
+            self.store.outbox = bridge is not None
+            self.store.on_commit = bridge.wake if bridge is not None else None
+            self.store.on_refused = bridge.live if bridge is not None else None
         if old_bridge is not None:
             old_bridge.stop()
             old_bridge.join(1.0)
             if bridge is not None:
                 bridge.handover(old_bridge)
-        if self.store is not None:
-            self.store.outbox = bridge is not None
-            self.store.on_commit = bridge.wake if bridge is not None else None
-            self.store.on_refused = bridge.live if bridge is not None else None
         if bridge is not None:
             bridge.start()
         logger.info("reload: mqtt %s", "reconnecting" if bridge else "off")
