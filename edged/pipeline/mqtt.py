@@ -17,8 +17,7 @@ What is kept while the broker is away:
   history refuses writes (a full disk), the store hands each event message here instead, with
   the outbox seq it follows; it goes out live once the outbox's messages up to that seq have:
   events keep flowing, in order, best effort (a restart meanwhile loses those the broker had
-  not acknowledged). Without an event history,
-  events go out live, best effort.
+  not acknowledged). Without an event history, events go out live, best effort.
 - **Counts and snapshots** are retained topics: only the latest value matters, so the latest
   per topic is kept and (re)published on every connection (a broker restarted without
   persistence has lost its retained messages).

@@ -239,9 +239,7 @@ class EventStore(StageThread):
             self._failed(e)
             return None
         try:
-            self._note_outbox(conn)
             self.crash_closed += close_orphans(conn, "crash", self._clock(), self.outbox)
-            self._note_outbox(conn)
             if self.crash_closed and self.on_commit is not None:
                 self.on_commit()
             if self.crash_closed:
@@ -249,6 +247,7 @@ class EventStore(StageThread):
                                self.crash_closed)
         except sqlite3.Error as e:
             self._failed(e)
+        self._note_outbox(conn)  # (the outbox may hold a backlog from before, and crash ends)
         return conn
 
     def _take(self, timeout_s: float) -> list[EventMessage]:
